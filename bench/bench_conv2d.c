@@ -1,0 +1,120 @@
+/* bench_conv2d.c - conv2d_forward and linear_forward against raw cblas_sgemm.
+ *
+ * A convolution done as im2col + sgemm can at best run at the speed of the
+ * matrix product inside it: out[Cout, pixels] = weight[Cout, K] x col[K, pixels]
+ * with K = Cin*KH*KW. For each Stable-Diffusion-sized 3x3 conv we time
+ * conv2d_forward and, in the same run, cblas_sgemm on that GEMM shape with
+ * all the batch's pixels as columns (M = Cout, N = batch*Ho*Wo, K), and print
+ * the ratio. The goal is >= 80%.
+ */
+#include "bench_util.h"
+#include "../core/conv2d.h"
+#include "../core/linear.h"
+
+#include <stdio.h>
+
+typedef struct {
+    dl_tensor x, w, b, y;
+    int stride, pad, use_ref;
+} conv_ctx;
+
+static void run_conv(void *p)
+{
+    conv_ctx *c = p;
+    dl_status s = c->use_ref ? conv2d_forward_ref(&c->y, &c->x, &c->w, &c->b, c->stride, c->pad)
+                             : conv2d_forward(&c->y, &c->x, &c->w, &c->b, c->stride, c->pad);
+    if (s != DL_OK) dl_die("bench_conv2d: conv2d failed");
+}
+
+static void fill(dl_tensor *t, float scale)
+{
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = scale * (float)((i * 7919) % 2003 - 1001) / 1001.0f;
+}
+
+static void conv_setup(conv_ctx *c, int n, int cin, int h, int w, int cout, int k, int stride, int pad)
+{
+    int ho = conv2d_out_size(h, k, stride, pad), wo = conv2d_out_size(w, k, stride, pad);
+    if (dl_tensor_alloc(&c->x, 4, DL_SHAPE(n, cin, h, w)) != DL_OK ||
+        dl_tensor_alloc(&c->w, 4, DL_SHAPE(cout, cin, k, k)) != DL_OK ||
+        dl_tensor_alloc(&c->b, 1, DL_SHAPE(cout)) != DL_OK ||
+        dl_tensor_alloc(&c->y, 4, DL_SHAPE(n, cout, ho, wo)) != DL_OK)
+        dl_die("bench_conv2d: not enough memory for the test tensors");
+    fill(&c->x, 1.0f);
+    fill(&c->w, 0.05f);
+    fill(&c->b, 0.1f);
+    c->stride = stride;
+    c->pad = pad;
+    c->use_ref = 0;
+}
+
+static void conv_free(conv_ctx *c)
+{
+    dl_tensor_free(&c->x); dl_tensor_free(&c->w); dl_tensor_free(&c->b); dl_tensor_free(&c->y);
+}
+
+/* One table row: time conv2d (fast or ref), compare with sgemm on the GEMM shape. */
+static void conv_row(const char *label, int n, int cin, int h, int w, int cout, int k,
+                     int stride, int pad, int use_ref, int with_sgemm)
+{
+    conv_ctx c;
+    conv_setup(&c, n, cin, h, w, cout, k, stride, pad);
+    c.use_ref = use_ref;
+    const int ho = (int)c.y.shape[2], wo = (int)c.y.shape[3];
+    const int M = cout, N = n * ho * wo, K = cin * k * k;
+    const double gflop = 2.0 * M * (double)N * K * 1e-9;
+    const double t = bench_time(run_conv, &c, use_ref ? 0.2 : 1.0);
+    const double gf = gflop / t;
+    char shape[64];
+    snprintf(shape, sizeof shape, "[%d,%d,%d,%d] %dx%d s%d", n, cin, h, w, k, k, stride);
+    printf("%-11s %-24s %8.2f %9.2f %9.1f", label, shape, gflop, t * 1e3, gf);
+    if (with_sgemm) {
+        const double peak = bench_sgemm_gflops(M, N, K);
+        printf("   %5d %5d %5d %9.1f %6.0f%%\n", M, N, K, peak, 100.0 * gf / peak);
+    } else {
+        printf("   %23s\n", "(no sgemm: reference)");
+    }
+    conv_free(&c);
+}
+
+typedef struct { dl_tensor x, w, b, y; } linear_ctx;
+static void run_linear(void *p)
+{
+    linear_ctx *c = p;
+    if (linear_forward(&c->y, &c->x, &c->w, &c->b) != DL_OK) dl_die("bench_conv2d: linear failed");
+}
+
+int main(int argc, char **argv)
+{
+    bench_init(argc, argv, "bench_conv2d",
+               "Times conv2d_forward on Stable-Diffusion U-Net shapes (batch 2, 3x3, stride 1, pad 1)\n"
+               "and linear_forward, each against cblas_sgemm on the same GEMM shape measured in this run.");
+    printf("%-11s %-24s %8s %9s %9s   %5s %5s %5s %9s %7s\n",
+           "op", "x shape, kernel, stride", "GFLOP", "ms", "GFLOP/s", "M", "N", "K", "sgemm/s", "ratio");
+
+    static const int sd[][2] = {{320, 64}, {640, 32}, {1280, 16}, {1280, 8}};   // channels, size
+    for (int i = 0; i < 4; i++)
+        conv_row("conv2d", 2, sd[i][0], sd[i][1], sd[i][1], sd[i][0], 3, 1, 1, 0, 1);
+    conv_row("downsample", 2, 320, 64, 64, 320, 3, 2, 1, 0, 1);           // Downsample2D
+    conv_row("conv1x1", 2, 640, 32, 32, 320, 1, 1, 0, 0, 1);              // skip projection
+    conv_row("conv2d_ref", 1, 32, 16, 16, 32, 3, 1, 1, 1, 0);             // the slow definition
+    conv_row("conv2d", 1, 32, 16, 16, 32, 3, 1, 1, 0, 1);                 // same shape, fast
+
+    // linear: x [2*4096, 320] -> [2*4096, 1280] (a transformer feed-forward size)
+    linear_ctx c;
+    if (dl_tensor_alloc(&c.x, 3, DL_SHAPE(2, 4096, 320)) != DL_OK ||
+        dl_tensor_alloc(&c.w, 2, DL_SHAPE(1280, 320)) != DL_OK ||
+        dl_tensor_alloc(&c.b, 1, DL_SHAPE(1280)) != DL_OK ||
+        dl_tensor_alloc(&c.y, 3, DL_SHAPE(2, 4096, 1280)) != DL_OK)
+        dl_die("bench_conv2d: not enough memory for the linear tensors");
+    fill(&c.x, 1.0f);
+    fill(&c.w, 0.05f);
+    fill(&c.b, 0.1f);
+    const int M = 2 * 4096, N = 1280, K = 320;
+    const double gflop = 2.0 * M * (double)N * K * 1e-9;
+    const double t = bench_time(run_linear, &c, 1.0);
+    const double peak = bench_sgemm_gflops(M, N, K);
+    printf("%-11s %-24s %8.2f %9.2f %9.1f   %5d %5d %5d %9.1f %6.0f%%\n", "linear",
+           "[2,4096,320] -> 1280", gflop, t * 1e3, gflop / t, M, N, K, peak, 100.0 * gflop / t / peak);
+    dl_tensor_free(&c.x); dl_tensor_free(&c.w); dl_tensor_free(&c.b); dl_tensor_free(&c.y);
+    return 0;
+}

@@ -1,0 +1,60 @@
+/* attention.h - multi-head scaled-dot-product attention (diffusers layout).
+ *
+ *     q   [B, Lq, H*D]     queries (already projected by to_q)
+ *     k   [B, Lk, H*D]     keys
+ *     v   [B, Lk, H*D]     values
+ *     out [B, Lq, H*D]     (preallocated; must not overlap q, k or v)
+ *
+ * Head h uses channels h*D .. h*D+D-1 of every token (diffusers'
+ * head_to_batch_dim does exactly this split). For each batch b, head h,
+ * query i:
+ *
+ *     s_j   = (q_i . k_j) / sqrt(D)                      j = 0 .. Lk-1
+ *     p     = softmax(s)        (over the keys)
+ *     out_i = sum_j p_j v_j
+ *
+ * causal = 1 hides the keys after the query (j > i), as in the CLIP text
+ * encoder; it needs Lq == Lk. Self-attention (q, k, v from the same tokens)
+ * and cross-attention (k, v from the 77 text tokens) are the same call.
+ *
+ * Fast version, per (batch, head, chunk of queries):
+ *     S[chunk, Lk] = Qc K^T * scale   one cblas_sgemm, reading q and k in
+ *                                     place (leading dimension H*D)
+ *     softmax over each row of S      (vectorized exp)
+ *     Oc = S V                        one cblas_sgemm, written in place
+ * The (b, h, chunk) tasks are spread over the OpenMP threads, each running
+ * single-threaded OpenBLAS (OpenBLAS is set to 1 thread for the duration of
+ * the call and restored after: the pthread OpenBLAS build must not be
+ * entered from several threads at once while it runs its own threads).
+ *
+ * Scratch memory bound: each thread owns ONE score block of
+ * chunk x Lk floats, never the full Lq x Lk matrix. The chunk is chosen so
+ * that chunk * Lk <= DL_ATTN_SCORE_BUDGET floats (the block stays in L2),
+ * clamped to [DL_ATTN_MIN_CHUNK, DL_ATTN_MAX_CHUNK] queries. Total scratch
+ * <= threads * chunk * Lk floats, see attention_scratch_floats():
+ *     Lq = Lk = 4096 (64x64 self-attention): chunk 64, 1 MiB per thread
+ *     (the full score matrix of one head would be 64 MiB).
+ */
+#ifndef DL_ATTENTION_H
+#define DL_ATTENTION_H
+
+#include <stddef.h>
+
+#include "tensor.h"
+
+#define DL_ATTN_SCORE_BUDGET (256 * 1024)   /* floats per thread (1 MiB) */
+#define DL_ATTN_MIN_CHUNK 16
+#define DL_ATTN_MAX_CHUNK 256
+
+dl_status attention_forward_ref(dl_tensor *out, const dl_tensor *q, const dl_tensor *k,
+                                const dl_tensor *v, int heads, int causal);
+dl_status attention_forward(dl_tensor *out, const dl_tensor *q, const dl_tensor *k,
+                            const dl_tensor *v, int heads, int causal);
+
+/* Queries per block in the fast version (<= Lq). */
+int attention_query_chunk(int Lq, int Lk);
+/* Upper bound of the fast version's scratch, in floats, with `threads`
+ * threads: threads * attention_query_chunk(Lq, Lk) * Lk. */
+size_t attention_scratch_floats(int Lq, int Lk, int threads);
+
+#endif

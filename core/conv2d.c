@@ -1,0 +1,257 @@
+/* conv2d.c - see conv2d.h */
+#include "conv2d.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+int conv2d_out_size(int in, int kernel, int stride, int padding)
+{
+    if (in < 1 || kernel < 1 || stride < 1 || padding < 0) return -1;
+    long long span = (long long)in + 2LL * padding - kernel;   /* room the kernel can slide over */
+    if (span < 0) return 0;
+    long long o = span / stride + 1;
+    return o > INT_MAX ? -1 : (int)o;
+}
+
+/* The sizes of one convolution, checked once and shared by both versions. */
+typedef struct {
+    int N, Cin, H, W;       /* x      [N, Cin, H, W]       */
+    int Cout, KH, KW;       /* weight [Cout, Cin, KH, KW]  */
+    int Ho, Wo;             /* out    [N, Cout, Ho, Wo]    */
+    int stride, pad;
+} conv_geom;
+
+static int overlaps(const dl_tensor *a, const dl_tensor *b)
+{
+    if (!a || !b || !a->data || !b->data) return 0;
+    return a->data < b->data + b->numel && b->data < a->data + a->numel;
+}
+
+static dl_status conv2d_check(const char *op, const dl_tensor *out, const dl_tensor *x,
+                              const dl_tensor *weight, const dl_tensor *bias,
+                              int stride, int padding, conv_geom *g)
+{
+    DL_TRY(dl_check_shape(x, op, "x", 4, DL_SHAPE(-1, -1, -1, -1)));
+    DL_TRY(dl_check_shape(weight, op, "weight", 4, DL_SHAPE(-1, x->shape[1], -1, -1)));
+    if (bias) DL_TRY(dl_check_shape(bias, op, "bias", 1, DL_SHAPE(weight->shape[0])));
+    if (stride < 1) return dl_fail(DL_ERR_ARG, "%s: stride is %d, must be >= 1", op, stride);
+    if (padding < 0) return dl_fail(DL_ERR_ARG, "%s: padding is %d, must be >= 0", op, padding);
+    /* numel <= 2^31 keeps every single dimension within int */
+    g->N = (int)x->shape[0];   g->Cin = (int)x->shape[1];
+    g->H = (int)x->shape[2];   g->W = (int)x->shape[3];
+    g->Cout = (int)weight->shape[0];
+    g->KH = (int)weight->shape[2];  g->KW = (int)weight->shape[3];
+    g->stride = stride;  g->pad = padding;
+    g->Ho = conv2d_out_size(g->H, g->KH, stride, padding);
+    g->Wo = conv2d_out_size(g->W, g->KW, stride, padding);
+    if (g->Ho < 1 || g->Wo < 1)
+        return dl_fail(DL_ERR_SHAPE, "%s: kernel %dx%d does not fit input %dx%d with padding %d",
+                       op, g->KH, g->KW, g->H, g->W, padding);
+    DL_TRY(dl_check_shape(out, op, "out", 4, DL_SHAPE(g->N, g->Cout, g->Ho, g->Wo)));
+    if (overlaps(out, x) || overlaps(out, weight) || overlaps(out, bias))
+        return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
+    if ((long long)g->Cin * g->KH * g->KW > INT_MAX || (long long)g->N * g->Ho * g->Wo > INT_MAX)
+        return dl_fail(DL_ERR_ARG, "%s: sizes too large for BLAS int", op);
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reference: the definition, one output value at a time. */
+
+dl_status conv2d_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
+                             const dl_tensor *bias, int stride, int padding)
+{
+    conv_geom g = {0};
+    DL_TRY(conv2d_check("conv2d_ref", out, x, weight, bias, stride, padding, &g));
+    for (int n = 0; n < g.N; n++)
+    for (int co = 0; co < g.Cout; co++)
+    for (int oh = 0; oh < g.Ho; oh++)
+    for (int ow = 0; ow < g.Wo; ow++) {
+        float sum = bias ? bias->data[co] : 0.0f;
+        for (int ci = 0; ci < g.Cin; ci++)
+        for (int kh = 0; kh < g.KH; kh++)
+        for (int kw = 0; kw < g.KW; kw++) {
+            int ih = oh * stride - padding + kh;   // input pixel under this tap
+            int iw = ow * stride - padding + kw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;   // zero padding
+            float xv = x->data[(((size_t)n * g.Cin + ci) * g.H + ih) * g.W + iw];
+            float wv = weight->data[(((size_t)co * g.Cin + ci) * g.KH + kh) * g.KW + kw];
+            sum += xv * wv;
+        }
+        out->data[(((size_t)n * g.Cout + co) * g.Ho + oh) * g.Wo + ow] = sum;
+    }
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fast: im2col + sgemm, tiled so the column matrix stays small.
+ *
+ * With K = Cin*KH*KW, the convolution of one image is a matrix product
+ *     out[Cout, Ho*Wo] = weight[Cout, K] x col[K, Ho*Wo]
+ * where column j = (oh, ow) of col holds the K input values that output
+ * pixel sees. col is KH*KW times bigger than x (47 MB for a 320-channel
+ * 64x64 image), so we build it for a few output rows at a time (a "tile")
+ * and run one sgemm per tile. Small images go the other way: several whole
+ * images share one tile, so that sgemm gets enough columns to be efficient.
+ * The scratch memory is freed before returning. */
+
+/* Fewer columns than this and sgemm slows down (it re-packs the whole
+ * weight matrix for every call), so a tile gets at least this many. */
+#define CONV2D_MIN_TILE_COLS 256
+
+/* Should our own copy loops (im2col, bias) run on OpenMP threads?
+ * Only if they will not fight OpenBLAS for the cores. By default libgomp's
+ * idle threads busy-wait for a few milliseconds after every parallel loop;
+ * OpenBLAS (pthreads build) starts its own threads right then, and on a
+ * 2-core machine the sgemm that follows runs at half speed (measured:
+ * 55% of sgemm speed instead of 85-95%). No fight if OpenBLAS itself uses
+ * OpenMP (same threads) or if the user asked for OMP_WAIT_POLICY=passive.
+ * Otherwise the copies run on one thread: they are ~5-15% of the work. */
+static int copies_in_parallel(void)
+{
+    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    return policy && !strcasecmp(policy, "passive");
+}
+
+/* Fill col[K, nimg*nrows*Wo] for images n0 .. n0+nimg-1, output rows
+ * oh0 .. oh0+nrows-1. Row k = (ci*KH + kh)*KW + kw (the order of the weight's
+ * last three dims), column j = (i*nrows + r)*Wo + ow. */
+static void im2col_tile(float *col, const float *x, const conv_geom *g,
+                        int n0, int nimg, int oh0, int nrows, int par)
+{
+    const int K = g->Cin * g->KH * g->KW, s = g->stride, p = g->pad, W = g->W, Wo = g->Wo;
+    const size_t cols = (size_t)nimg * nrows * Wo;
+    #pragma omp parallel for schedule(static) if (par)
+    for (int k = 0; k < K; k++) {
+        const int kw = k % g->KW, kh = (k / g->KW) % g->KH, ci = k / (g->KW * g->KH);
+        // Output columns ow in [lo, hi) read inside the image: 0 <= ow*s - p + kw < W.
+        int lo = p - kw <= 0 ? 0 : (p - kw + s - 1) / s;
+        int hi = W + p - kw <= 0 ? 0 : (W + p - kw + s - 1) / s;
+        if (lo > Wo) lo = Wo;
+        if (hi > Wo) hi = Wo;
+        if (hi < lo) hi = lo;
+        float *dst = col + (size_t)k * cols;
+        for (int i = 0; i < nimg; i++) {
+            const float *plane = x + ((size_t)(n0 + i) * g->Cin + ci) * g->H * W;   // x[n, ci]
+            for (int r = 0; r < nrows; r++) {
+                float *d = dst + ((size_t)i * nrows + r) * Wo;
+                int ih = (oh0 + r) * s - p + kh;
+                if (ih < 0 || ih >= g->H) {            // whole row falls in the padding
+                    memset(d, 0, sizeof(float) * Wo);
+                    continue;
+                }
+                const float *src = plane + (size_t)ih * W + (lo * s - p + kw);   // x[ih, iw(lo)]
+                for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+                if (s == 1) for (int t = 0; t < hi - lo; t++) d[lo + t] = src[t];
+                else        for (int t = 0; t < hi - lo; t++) d[lo + t] = src[(size_t)t * s];
+                for (int ow = hi; ow < Wo; ow++) d[ow] = 0.0f;
+            }
+        }
+    }
+}
+
+/* out[n, :, oh0 .. oh0+nrows-1, :] = bias (the sgemm then adds with beta = 1) */
+static void fill_bias_rows(float *out_n, const float *bias, const conv_geom *g, int oh0, int nrows, int par)
+{
+    const size_t plane = (size_t)g->Ho * g->Wo, len = (size_t)nrows * g->Wo;
+    #pragma omp parallel for schedule(static) if (par)
+    for (int co = 0; co < g->Cout; co++) {
+        float *d = out_n + co * plane + (size_t)oh0 * g->Wo;
+        for (size_t j = 0; j < len; j++) d[j] = bias[co];
+    }
+}
+
+/* 1x1, stride 1, no padding: x[n] viewed as [Cin, H*W] already is col. */
+static void conv1x1(float *out, const float *x, const float *w, const float *bias, const conv_geom *g, int par)
+{
+    const int HW = g->H * g->W;
+    for (int n = 0; n < g->N; n++) {
+        float *out_n = out + (size_t)n * g->Cout * HW;
+        if (bias) fill_bias_rows(out_n, bias, g, 0, g->Ho, par);
+        // out[n][Cout, HW] = w[Cout, Cin] x x[n][Cin, HW]  (+ bias already there)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->Cout, HW, g->Cin,
+                    1.0f, w, g->Cin, x + (size_t)n * g->Cin * HW, HW,
+                    bias ? 1.0f : 0.0f, out_n, HW);
+    }
+}
+
+dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
+                         const dl_tensor *bias, int stride, int padding)
+{
+    conv_geom g = {0};
+    DL_TRY(conv2d_check("conv2d", out, x, weight, bias, stride, padding, &g));
+    const float *b = bias ? bias->data : NULL;
+    const int par = copies_in_parallel();
+    if (g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0) {
+        conv1x1(out->data, x->data, weight->data, b, &g, par);
+        return DL_OK;
+    }
+    const int K = g.Cin * g.KH * g.KW, HoWo = g.Ho * g.Wo;
+
+    // Tile shape: as many columns as CONV2D_WORKSPACE_FLOATS allows, but at
+    // least CONV2D_MIN_TILE_COLS and at least one output row.
+    size_t want_cols = CONV2D_WORKSPACE_FLOATS / (size_t)K;
+    if (want_cols < CONV2D_MIN_TILE_COLS) want_cols = CONV2D_MIN_TILE_COLS;
+    int imgs_per_tile = 1, rows_per_tile = g.Ho;
+    if ((size_t)HoWo <= want_cols) {                 // small images: group whole images
+        size_t n = want_cols / (size_t)HoWo;
+        imgs_per_tile = n > (size_t)g.N ? g.N : (int)n;
+    } else {                                         // big images: a few rows at a time
+        size_t r = want_cols / (size_t)g.Wo;
+        rows_per_tile = r < 1 ? 1 : (int)r;
+        int ntiles = (g.Ho + rows_per_tile - 1) / rows_per_tile;
+        rows_per_tile = (g.Ho + ntiles - 1) / ntiles;     // even out the tiles
+    }
+    const size_t tile_cols = (size_t)imgs_per_tile * rows_per_tile * g.Wo;
+
+    // Workspace: col [K, tile_cols]; when images are grouped, the product
+    // lands in tmp [Cout, tile_cols] and is then copied into NCHW order.
+    float *col = malloc(sizeof(float) * (size_t)K * tile_cols);
+    float *tmp = imgs_per_tile > 1 ? malloc(sizeof(float) * (size_t)g.Cout * tile_cols) : NULL;
+    if (!col || (imgs_per_tile > 1 && !tmp)) {
+        free(col);
+        free(tmp);
+        return dl_fail(DL_ERR_MEMORY, "conv2d: cannot allocate the %zu MiB im2col workspace",
+                       (sizeof(float) * (size_t)K * tile_cols) >> 20);
+    }
+
+    for (int n0 = 0; n0 < g.N; n0 += imgs_per_tile) {
+        const int nimg = g.N - n0 < imgs_per_tile ? g.N - n0 : imgs_per_tile;
+        float *out_n = out->data + (size_t)n0 * g.Cout * HoWo;
+        if (nimg == 1) {
+            for (int oh0 = 0; oh0 < g.Ho; oh0 += rows_per_tile) {
+                const int nrows = g.Ho - oh0 < rows_per_tile ? g.Ho - oh0 : rows_per_tile;
+                const int cols = nrows * g.Wo;
+                im2col_tile(col, x->data, &g, n0, 1, oh0, nrows, par);
+                if (b) fill_bias_rows(out_n, b, &g, oh0, nrows, par);
+                // out[n][Cout, rows oh0..] = weight[Cout, K] x col[K, cols]  (+ bias);
+                // consecutive channels of out are Ho*Wo apart, hence ldc = HoWo
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.Cout, cols, K,
+                            1.0f, weight->data, K, col, cols,
+                            b ? 1.0f : 0.0f, out_n + (size_t)oh0 * g.Wo, HoWo);
+            }
+        } else {
+            const int cols = nimg * HoWo;
+            im2col_tile(col, x->data, &g, n0, nimg, 0, g.Ho, par);
+            // tmp[Cout, nimg*Ho*Wo] = weight[Cout, K] x col[K, nimg*Ho*Wo]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.Cout, cols, K,
+                        1.0f, weight->data, K, col, cols, 0.0f, tmp, cols);
+            // tmp[co, i*HoWo + p] -> out[n0 + i, co, p], adding the bias
+            #pragma omp parallel for collapse(2) schedule(static) if (par)
+            for (int i = 0; i < nimg; i++)
+                for (int co = 0; co < g.Cout; co++) {
+                    const float *s = tmp + (size_t)co * cols + (size_t)i * HoWo;
+                    float *d = out_n + ((size_t)i * g.Cout + co) * HoWo;
+                    const float bv = b ? b[co] : 0.0f;
+                    for (int j = 0; j < HoWo; j++) d[j] = s[j] + bv;
+                }
+        }
+    }
+    free(col);
+    free(tmp);
+    return DL_OK;
+}

@@ -1,0 +1,42 @@
+/* conv2d.h - 2-D convolution, PyTorch nn.Conv2d semantics.
+ *
+ *     x      [N, Cin, H, W]
+ *     weight [Cout, Cin, KH, KW]      (any kernel size, square or not)
+ *     bias   [Cout] or NULL
+ *     out    [N, Cout, Ho, Wo]        Ho = (H + 2*padding - KH) / stride + 1
+ *
+ *     out[n, co, oh, ow] = bias[co] + sum over ci, kh, kw of
+ *         weight[co, ci, kh, kw] * x[n, ci, oh*stride - padding + kh, ow*stride - padding + kw]
+ *
+ * (a cross-correlation, like PyTorch; input outside the image counts as 0).
+ * The U-Net uses 3x3 stride 1 padding 1 (keeps the size), 1x1 (mixes
+ * channels) and 3x3 stride 2 padding 1 (the "Downsample2D" that halves it).
+ *
+ * conv2d_forward_ref is the 7-loop definition. conv2d_forward turns the
+ * convolution into one matrix product per tile: "im2col" copies the input
+ * patches into a column matrix col[Cin*KH*KW, pixels], then cblas_sgemm
+ * computes weight[Cout, Cin*KH*KW] x col. Same signature, same checks.
+ * `out` is preallocated by the caller and must not overlap an input.
+ *
+ *     int ho = conv2d_out_size(64, 3, 2, 1);          // 32
+ *     DL_TRY(conv2d_forward(&y, &x, &w, &b, 2, 1));
+ */
+#ifndef DL_CONV2D_H
+#define DL_CONV2D_H
+
+#include "tensor.h"
+
+/* Output length along one axis: (in + 2*padding - kernel) / stride + 1,
+ * or a value <= 0 if the arguments are invalid or the kernel does not fit. */
+int conv2d_out_size(int in, int kernel, int stride, int padding);
+
+dl_status conv2d_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
+                             const dl_tensor *bias, int stride, int padding);
+dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
+                         const dl_tensor *bias, int stride, int padding);
+
+/* The fast version's scratch memory (the column matrix of one tile) is kept
+ * under this many floats, unless a single output row needs more. */
+#define CONV2D_WORKSPACE_FLOATS ((size_t)4 << 20)     /* 16 MiB */
+
+#endif

@@ -1,0 +1,300 @@
+/* elementwise.c - see elementwise.h */
+#include "elementwise.h"
+
+#include <math.h>
+
+/* Below this many elements a parallel region costs more than it saves. */
+#define PARALLEL_MIN 32768
+
+/* `out` must exist and have exactly x's shape. */
+static dl_status check_unary(const char *op, const dl_tensor *out, const dl_tensor *x)
+{
+    if (!x || !x->data) return dl_fail(DL_ERR_ARG, "%s: x is missing (NULL tensor)", op);
+    return dl_check_shape(out, op, "out", x->ndim, x->shape);
+}
+
+/* ------------------------------------------------------------------ */
+/* Activations, reference: one libm call per element. */
+
+dl_status silu_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("silu", out, x));
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = x->data[i];
+        out->data[i] = v / (1.0f + expf(-v));
+    }
+    return DL_OK;
+}
+
+dl_status gelu_erf_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("gelu_erf", out, x));
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = x->data[i];
+        out->data[i] = v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+    }
+    return DL_OK;
+}
+
+/* sqrt(2 / pi), the scale inside tanh-GELU */
+#define GELU_TANH_BETA 0.7978845608028654f
+#define GELU_TANH_KAPPA 0.044715f
+
+dl_status gelu_tanh_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("gelu_tanh", out, x));
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = x->data[i];
+        float inner = GELU_TANH_BETA * (v + GELU_TANH_KAPPA * v * v * v);
+        out->data[i] = 0.5f * v * (1.0f + tanhf(inner));
+    }
+    return DL_OK;
+}
+
+dl_status quick_gelu_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("quick_gelu", out, x));
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = x->data[i];
+        out->data[i] = v * (1.0f / (1.0f + expf(-1.702f * v)));
+    }
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Activations, fast: the same formulas with dl_expf_fast / dl_erff_fast,
+ * so each loop becomes SIMD code, split over the OpenMP threads. */
+
+dl_status silu_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("silu", out, x));
+    const float *in = x->data;
+    float *o = out->data;
+    int64_t n = x->numel;
+    #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        o[i] = in[i] / (1.0f + dl_expf_fast(-in[i]));
+    return DL_OK;
+}
+
+dl_status gelu_erf_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("gelu_erf", out, x));
+    const float *in = x->data;
+    float *o = out->data;
+    int64_t n = x->numel;
+    #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        o[i] = in[i] * 0.5f * (1.0f + dl_erff_fast(in[i] * (float)M_SQRT1_2));
+    return DL_OK;
+}
+
+dl_status gelu_tanh_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("gelu_tanh", out, x));
+    const float *in = x->data;
+    float *o = out->data;
+    int64_t n = x->numel;
+    #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = in[i];
+        float u = GELU_TANH_BETA * (v + GELU_TANH_KAPPA * v * v * v);
+        /* tanh(u) = 1 - 2 / (e^(2u) + 1): saturates cleanly to +-1. */
+        float th = 1.0f - 2.0f / (dl_expf_fast(2.0f * u) + 1.0f);
+        o[i] = 0.5f * v * (1.0f + th);
+    }
+    return DL_OK;
+}
+
+dl_status quick_gelu_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("quick_gelu", out, x));
+    const float *in = x->data;
+    float *o = out->data;
+    int64_t n = x->numel;
+    #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        o[i] = in[i] * (1.0f / (1.0f + dl_expf_fast(-1.702f * in[i])));
+    return DL_OK;
+}
+
+dl_status scale_forward(dl_tensor *out, const dl_tensor *x, float s)
+{
+    DL_TRY(check_unary("scale", out, x));
+    for (int64_t i = 0; i < x->numel; i++) out->data[i] = s * x->data[i];
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Softmax over the last dimension. */
+
+dl_status softmax_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("softmax", out, x));
+    int64_t n = x->shape[x->ndim - 1];          /* row length */
+    int64_t rows = x->numel / n;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x->data + r * n;
+        float *yr = out->data + r * n;
+        /* Subtracting the max keeps every exp() <= 1: no overflow. */
+        float mx = xr[0];
+        for (int64_t j = 1; j < n; j++) if (xr[j] > mx) mx = xr[j];
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) { yr[j] = expf(xr[j] - mx); sum += yr[j]; }
+        for (int64_t j = 0; j < n; j++) yr[j] /= sum;
+    }
+    return DL_OK;
+}
+
+void softmax_row_inplace(float *row, int64_t n)
+{
+    float mx = row[0];
+    #pragma omp simd reduction(max:mx)
+    for (int64_t j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.0f;
+    #pragma omp simd reduction(+:sum)
+    for (int64_t j = 0; j < n; j++) { row[j] = dl_expf_fast(row[j] - mx); sum += row[j]; }
+    float inv = 1.0f / sum;
+    #pragma omp simd
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+}
+
+dl_status softmax_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(check_unary("softmax", out, x));
+    int64_t n = x->shape[x->ndim - 1];
+    int64_t rows = x->numel / n;
+    #pragma omp parallel for schedule(static) if (x->numel >= PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        if (out->data != x->data) memcpy(out->data + r * n, x->data + r * n, (size_t)n * sizeof(float));
+        softmax_row_inplace(out->data + r * n, n);
+    }
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Broadcast add / mul.
+ *
+ * Both shapes are padded on the left with 1s to 4 dims. b's stride in a
+ * dimension is 0 where b has size 1 (the same b value is reused). */
+
+typedef struct {
+    int64_t shape[4];     /* a's shape, padded to 4 dims */
+    int64_t bstride[4];   /* b's element strides, 0 in broadcast dims */
+} bcast;
+
+static dl_status make_bcast(bcast *bc, const char *op, const dl_tensor *out,
+                            const dl_tensor *a, const dl_tensor *b)
+{
+    if (!a || !a->data) return dl_fail(DL_ERR_ARG, "%s: a is missing (NULL tensor)", op);
+    if (!b || !b->data) return dl_fail(DL_ERR_ARG, "%s: b is missing (NULL tensor)", op);
+    DL_TRY(dl_check_shape(out, op, "out", a->ndim, a->shape));
+    char sa[64], sb[64];
+    if (b->ndim > a->ndim)
+        return dl_fail(DL_ERR_SHAPE, "%s: b %s has more dims than a %s; b is broadcast onto a",
+                       op, dl_shape_str(b, sb, sizeof sb), dl_shape_str(a, sa, sizeof sa));
+    int64_t bshape[4];
+    for (int d = 0; d < 4; d++) {
+        int ia = d - (4 - a->ndim), ib = d - (4 - b->ndim);
+        bc->shape[d] = ia >= 0 ? a->shape[ia] : 1;
+        bshape[d] = ib >= 0 ? b->shape[ib] : 1;
+        if (bshape[d] != 1 && bshape[d] != bc->shape[d])
+            return dl_fail(DL_ERR_SHAPE, "%s: b %s cannot be broadcast onto a %s "
+                           "(aligned from the right, each b dim must be 1 or equal to a's)",
+                           op, dl_shape_str(b, sb, sizeof sb), dl_shape_str(a, sa, sizeof sa));
+    }
+    int64_t stride = 1;
+    for (int d = 3; d >= 0; d--) {
+        bc->bstride[d] = bshape[d] == 1 ? 0 : stride;
+        stride *= bshape[d];
+    }
+    return DL_OK;
+}
+
+enum { OP_ADD, OP_MUL };
+
+static dl_status binary_ref(int op, const char *name, dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    bcast bc;
+    DL_TRY(make_bcast(&bc, name, out, a, b));
+    const int64_t *S = bc.shape, *bs = bc.bstride;
+    for (int64_t i0 = 0; i0 < S[0]; i0++)
+        for (int64_t i1 = 0; i1 < S[1]; i1++)
+            for (int64_t i2 = 0; i2 < S[2]; i2++)
+                for (int64_t i3 = 0; i3 < S[3]; i3++) {
+                    int64_t ia = ((i0 * S[1] + i1) * S[2] + i2) * S[3] + i3;
+                    float vb = b->data[i0 * bs[0] + i1 * bs[1] + i2 * bs[2] + i3 * bs[3]];
+                    out->data[ia] = op == OP_ADD ? a->data[ia] + vb : a->data[ia] * vb;
+                }
+    return DL_OK;
+}
+
+dl_status add_forward_ref(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    return binary_ref(OP_ADD, "add", out, a, b);
+}
+dl_status mul_forward_ref(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    return binary_ref(OP_MUL, "mul", out, a, b);
+}
+
+/* Fast version: split a's dims into outer dims and an inner contiguous run
+ * in which b is either the same run (b_scalar = 0, e.g. a bias [C]) or one
+ * repeated value (b_scalar = 1, e.g. [N, C, 1, 1]). Then every (outer
+ * index, block of the run) is one simple vectorized loop. */
+#define RUN_BLOCK 16384
+
+static dl_status binary_fast(int op, const char *name, dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    bcast bc;
+    DL_TRY(make_bcast(&bc, name, out, a, b));
+    /* Grow the inner run from the right while b keeps the same kind.
+     * Dims where a has size 1 fit either kind. */
+    int kind = -1;                  /* -1 undecided, 0 b follows a, 1 b constant */
+    int first_inner = 4;
+    int64_t inner = 1;
+    for (int d = 3; d >= 0; d--) {
+        if (bc.shape[d] == 1) { first_inner = d; continue; }
+        int k = bc.bstride[d] == 0 ? 1 : 0;
+        if (kind == -1) kind = k;
+        if (k != kind) break;
+        inner *= bc.shape[d];
+        first_inner = d;
+    }
+    int b_scalar = kind == 1;
+    int64_t outer = a->numel / inner;
+    int64_t nblk = (inner + RUN_BLOCK - 1) / RUN_BLOCK;
+
+    #pragma omp parallel for schedule(static) if (a->numel >= PARALLEL_MIN)
+    for (int64_t task = 0; task < outer * nblk; task++) {
+        int64_t o = task / nblk, j0 = (task % nblk) * RUN_BLOCK;
+        int64_t j1 = j0 + RUN_BLOCK < inner ? j0 + RUN_BLOCK : inner;
+        /* b's offset for outer index o: unravel o over dims [0, first_inner). */
+        int64_t boff = 0, rest = o;
+        for (int d = first_inner - 1; d >= 0; d--) {
+            boff += (rest % bc.shape[d]) * bc.bstride[d];
+            rest /= bc.shape[d];
+        }
+        const float *pa = a->data + o * inner;
+        const float *pb = b->data + boff;
+        float *po = out->data + o * inner;
+        if (b_scalar) {
+            float vb = pb[0];
+            if (op == OP_ADD) { for (int64_t j = j0; j < j1; j++) po[j] = pa[j] + vb; }
+            else              { for (int64_t j = j0; j < j1; j++) po[j] = pa[j] * vb; }
+        } else {
+            if (op == OP_ADD) { for (int64_t j = j0; j < j1; j++) po[j] = pa[j] + pb[j]; }
+            else              { for (int64_t j = j0; j < j1; j++) po[j] = pa[j] * pb[j]; }
+        }
+    }
+    return DL_OK;
+}
+
+dl_status add_forward(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    return binary_fast(OP_ADD, "add", out, a, b);
+}
+dl_status mul_forward(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    return binary_fast(OP_MUL, "mul", out, a, b);
+}

@@ -1,0 +1,131 @@
+/* linear.c - see linear.h */
+#include "linear.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <strings.h>
+
+/* Do two tensors share memory? (out must not alias an input: the fast
+ * versions write out while BLAS still reads the inputs.) */
+static int overlaps(const dl_tensor *a, const dl_tensor *b)
+{
+    if (!a || !b || !a->data || !b->data) return 0;
+    return a->data < b->data + b->numel && b->data < a->data + a->numel;
+}
+
+/* May our own loops use OpenMP right before an sgemm? By default libgomp's
+ * idle threads busy-wait for milliseconds after a parallel loop and slow
+ * down OpenBLAS's own (pthreads) threads: see conv2d.c. */
+static int openmp_beside_blas(void)
+{
+    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    return policy && !strcasecmp(policy, "passive");
+}
+
+/* Shared by both linear versions, so they accept and reject exactly the
+ * same arguments. Gives rows (product of the leading dims of x), in and out
+ * features. */
+static dl_status linear_check(const char *op, const dl_tensor *out, const dl_tensor *x,
+                              const dl_tensor *weight, const dl_tensor *bias,
+                              int *rows, int *in_features, int *out_features)
+{
+    if (!x || !x->data) return dl_fail(DL_ERR_ARG, "%s: input x is missing (NULL tensor)", op);
+    int64_t in = x->shape[x->ndim - 1];
+    DL_TRY(dl_check_shape(weight, op, "weight", 2, DL_SHAPE(-1, in)));
+    int64_t outf = weight->shape[0];
+    if (bias) DL_TRY(dl_check_shape(bias, op, "bias", 1, DL_SHAPE(outf)));
+    int64_t want[DL_MAX_DIMS];                     /* out = [..., out_features] */
+    for (int i = 0; i < x->ndim; i++) want[i] = x->shape[i];
+    want[x->ndim - 1] = outf;
+    DL_TRY(dl_check_shape(out, op, "out", x->ndim, want));
+    if (overlaps(out, x) || overlaps(out, weight) || overlaps(out, bias))
+        return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
+    int64_t r = x->numel / in;
+    if (r > INT_MAX || in > INT_MAX || outf > INT_MAX)
+        return dl_fail(DL_ERR_ARG, "%s: sizes too large for BLAS int", op);
+    *rows = (int)r;
+    *in_features = (int)in;
+    *out_features = (int)outf;
+    return DL_OK;
+}
+
+dl_status linear_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias)
+{
+    int rows = 0, in = 0, outf = 0;
+    DL_TRY(linear_check("linear_ref", out, x, weight, bias, &rows, &in, &outf));
+    // x [rows, in], weight [outf, in], out [rows, outf]
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x->data + (size_t)r * in;
+        for (int o = 0; o < outf; o++) {
+            const float *wo = weight->data + (size_t)o * in;
+            float sum = bias ? bias->data[o] : 0.0f;
+            for (int i = 0; i < in; i++) sum += xr[i] * wo[i];
+            out->data[(size_t)r * outf + o] = sum;
+        }
+    }
+    return DL_OK;
+}
+
+dl_status linear_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias)
+{
+    int rows = 0, in = 0, outf = 0;
+    DL_TRY(linear_check("linear", out, x, weight, bias, &rows, &in, &outf));
+    // Start out at the bias and let sgemm add on top (beta = 1): that saves a
+    // second pass over out after the product.
+    float beta = 0.0f;
+    if (bias) {
+        const int par = openmp_beside_blas();
+        #pragma omp parallel for schedule(static) if (par)
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outf; o++) out->data[(size_t)r * outf + o] = bias->data[o];
+        beta = 1.0f;
+    }
+    // out[rows, outf] = x[rows, in] * weight[outf, in]^T  (+ out)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, outf, in,
+                1.0f, x->data, in, weight->data, in, beta, out->data, outf);
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
+static dl_status matmul_check(const char *op, const dl_tensor *c, const dl_tensor *a, const dl_tensor *b,
+                              int *M, int *N, int *K)
+{
+    DL_TRY(dl_check_shape(a, op, "a", 2, DL_SHAPE(-1, -1)));
+    DL_TRY(dl_check_shape(b, op, "b", 2, DL_SHAPE(a->shape[1], -1)));
+    DL_TRY(dl_check_shape(c, op, "c", 2, DL_SHAPE(a->shape[0], b->shape[1])));
+    if (overlaps(c, a) || overlaps(c, b))
+        return dl_fail(DL_ERR_ARG, "%s: c overlaps an input; give it its own memory", op);
+    if (a->shape[0] > INT_MAX || a->shape[1] > INT_MAX || b->shape[1] > INT_MAX)
+        return dl_fail(DL_ERR_ARG, "%s: sizes too large for BLAS int", op);
+    *M = (int)a->shape[0];
+    *K = (int)a->shape[1];
+    *N = (int)b->shape[1];
+    return DL_OK;
+}
+
+dl_status matmul_forward_ref(dl_tensor *c, const dl_tensor *a, const dl_tensor *b)
+{
+    int M = 0, N = 0, K = 0;
+    DL_TRY(matmul_check("matmul_ref", c, a, b, &M, &N, &K));
+    // c[m, n] = sum_k a[m, k] * b[k, n]
+    for (int m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) sum += a->data[(size_t)m * K + k] * b->data[(size_t)k * N + n];
+            c->data[(size_t)m * N + n] = sum;
+        }
+    }
+    return DL_OK;
+}
+
+dl_status matmul_forward(dl_tensor *c, const dl_tensor *a, const dl_tensor *b)
+{
+    int M = 0, N = 0, K = 0;
+    DL_TRY(matmul_check("matmul", c, a, b, &M, &N, &K));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K,
+                1.0f, a->data, K, b->data, N, 0.0f, c->data, N);
+    return DL_OK;
+}

@@ -1,0 +1,168 @@
+/* resample.c - see resample.h */
+#include "resample.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* These loops only move memory, and a conv2d (an sgemm) usually comes next.
+ * libgomp's idle threads busy-wait for milliseconds after a parallel loop
+ * and then slow down OpenBLAS's own threads (see conv2d.c), so the fast
+ * versions use OpenMP only where that cannot happen. */
+static int openmp_beside_blas(void)
+{
+    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    return policy && !strcasecmp(policy, "passive");
+}
+
+static int overlaps(const dl_tensor *a, const dl_tensor *b)
+{
+    if (!a || !b || !a->data || !b->data) return 0;
+    return a->data < b->data + b->numel && b->data < a->data + a->numel;
+}
+
+/* ------------------------------------------------------------------ */
+/* upsample_nearest2x */
+
+static dl_status upsample_check(const char *op, const dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(dl_check_shape(x, op, "x", 4, DL_SHAPE(-1, -1, -1, -1)));
+    DL_TRY(dl_check_shape(out, op, "out", 4,
+                          DL_SHAPE(x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3])));
+    if (overlaps(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
+    return DL_OK;
+}
+
+dl_status upsample_nearest2x_forward_ref(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(upsample_check("upsample_nearest2x_ref", out, x));
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t Ho = 2 * H, Wo = 2 * W;
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t ow = 0; ow < Wo; ow++)
+        out->data[((n * C + c) * Ho + oh) * Wo + ow] = x->data[((n * C + c) * H + oh / 2) * W + ow / 2];
+    return DL_OK;
+}
+
+dl_status upsample_nearest2x_forward(dl_tensor *out, const dl_tensor *x)
+{
+    DL_TRY(upsample_check("upsample_nearest2x", out, x));
+    const int64_t rows = x->shape[0] * x->shape[1] * x->shape[2];   // all input rows of all planes
+    const int64_t W = x->shape[3];
+    const int par = openmp_beside_blas();
+    // input row r becomes output rows 2r and 2r+1 (planes stack, so that holds across planes)
+    #pragma omp parallel for schedule(static) if (par)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = x->data + r * W;
+        float *d0 = out->data + (2 * r) * (2 * W);
+        for (int64_t w = 0; w < W; w++) d0[2 * w] = d0[2 * w + 1] = src[w];
+        memcpy(d0 + 2 * W, d0, sizeof(float) * 2 * W);
+    }
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* avg_pool2d */
+
+static dl_status avg_pool_check(const char *op, const dl_tensor *out, const dl_tensor *x, int kernel, int stride)
+{
+    DL_TRY(dl_check_shape(x, op, "x", 4, DL_SHAPE(-1, -1, -1, -1)));
+    if (kernel < 1) return dl_fail(DL_ERR_ARG, "%s: kernel is %d, must be >= 1", op, kernel);
+    if (stride < 1) return dl_fail(DL_ERR_ARG, "%s: stride is %d, must be >= 1", op, stride);
+    const int64_t H = x->shape[2], W = x->shape[3];
+    if (H < kernel || W < kernel)
+        return dl_fail(DL_ERR_SHAPE, "%s: kernel %d is larger than the %lldx%lld input", op, kernel,
+                       (long long)H, (long long)W);
+    DL_TRY(dl_check_shape(out, op, "out", 4,
+                          DL_SHAPE(x->shape[0], x->shape[1], (H - kernel) / stride + 1, (W - kernel) / stride + 1)));
+    if (overlaps(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
+    return DL_OK;
+}
+
+dl_status avg_pool2d_forward_ref(dl_tensor *out, const dl_tensor *x, int kernel, int stride)
+{
+    DL_TRY(avg_pool_check("avg_pool2d_ref", out, x, kernel, stride));
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t Ho = out->shape[2], Wo = out->shape[3];
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t ow = 0; ow < Wo; ow++) {
+        float sum = 0.0f;
+        for (int kh = 0; kh < kernel; kh++)
+        for (int kw = 0; kw < kernel; kw++)
+            sum += x->data[((n * C + c) * H + oh * stride + kh) * W + ow * stride + kw];
+        out->data[((n * C + c) * Ho + oh) * Wo + ow] = sum / (float)(kernel * kernel);
+    }
+    return DL_OK;
+}
+
+dl_status avg_pool2d_forward(dl_tensor *out, const dl_tensor *x, int kernel, int stride)
+{
+    DL_TRY(avg_pool_check("avg_pool2d", out, x, kernel, stride));
+    const int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t Ho = out->shape[2], Wo = out->shape[3];
+    const float div = (float)(kernel * kernel);
+    const int par = openmp_beside_blas();
+    // The reference's loops and summation order (so the results agree to the
+    // bit), with the row pointers hoisted and all planes' rows in one
+    // parallel loop.
+    #pragma omp parallel for schedule(static) if (par)
+    for (int64_t pr = 0; pr < planes * Ho; pr++) {             // output row oh of plane p
+        const int64_t p = pr / Ho, oh = pr % Ho;
+        const float *top = x->data + (p * H + oh * stride) * W;   // x[p, oh*stride, 0]
+        float *d = out->data + pr * Wo;
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            const float *win = top + ow * stride;
+            float sum = 0.0f;
+            for (int kh = 0; kh < kernel; kh++)
+                for (int kw = 0; kw < kernel; kw++) sum += win[kh * W + kw];
+            d[ow] = sum / div;
+        }
+    }
+    return DL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* concat_channels */
+
+static dl_status concat_check(const char *op, const dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    DL_TRY(dl_check_shape(a, op, "a", 4, DL_SHAPE(-1, -1, -1, -1)));
+    DL_TRY(dl_check_shape(b, op, "b", 4, DL_SHAPE(a->shape[0], -1, a->shape[2], a->shape[3])));
+    DL_TRY(dl_check_shape(out, op, "out", 4,
+                          DL_SHAPE(a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])));
+    if (overlaps(out, a) || overlaps(out, b))
+        return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
+    return DL_OK;
+}
+
+dl_status concat_channels_forward_ref(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    DL_TRY(concat_check("concat_channels_ref", out, a, b));
+    const int64_t N = a->shape[0], Ca = a->shape[1], Cb = b->shape[1], HW = a->shape[2] * a->shape[3];
+    const int64_t C = Ca + Cb;
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t i = 0; i < HW; i++)
+        out->data[(n * C + c) * HW + i] = c < Ca ? a->data[(n * Ca + c) * HW + i]
+                                                 : b->data[(n * Cb + (c - Ca)) * HW + i];
+    return DL_OK;
+}
+
+dl_status concat_channels_forward(dl_tensor *out, const dl_tensor *a, const dl_tensor *b)
+{
+    DL_TRY(concat_check("concat_channels", out, a, b));
+    const int64_t N = a->shape[0], HW = a->shape[2] * a->shape[3];
+    const size_t na = (size_t)(a->shape[1] * HW), nb = (size_t)(b->shape[1] * HW);   // floats per image
+    // per image: out[n] = a[n] followed by b[n], two contiguous blocks
+    for (int64_t n = 0; n < N; n++) {
+        memcpy(out->data + n * (na + nb), a->data + n * na, sizeof(float) * na);
+        memcpy(out->data + n * (na + nb) + na, b->data + n * nb, sizeof(float) * nb);
+    }
+    return DL_OK;
+}

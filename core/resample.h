@@ -1,0 +1,34 @@
+/* resample.h - changing the size of NCHW feature maps, and joining them.
+ *
+ * upsample_nearest2x: every pixel becomes a 2x2 block (PyTorch
+ *     F.interpolate(x, scale_factor=2, mode="nearest"), the first half of
+ *     diffusers' Upsample2D; a 3x3 conv follows in the U-Net).
+ *         x [N, C, H, W] -> out [N, C, 2H, 2W],  out[n, c, oh, ow] = x[n, c, oh/2, ow/2]
+ *
+ * avg_pool2d: the mean of each kernel x kernel window, windows `stride`
+ *     apart, no padding, windows that would stick out are dropped (PyTorch
+ *     nn.AvgPool2d(kernel, stride), floor mode).
+ *         x [N, C, H, W] -> out [N, C, (H - kernel)/stride + 1, (W - kernel)/stride + 1]
+ *
+ * concat_channels: the U-Net's skip connections, torch.cat([a, b], dim=1).
+ *         a [N, Ca, H, W], b [N, Cb, H, W] -> out [N, Ca + Cb, H, W]
+ *
+ * Each op has a plain reference (*_ref) and a fast version with the same
+ * signature. `out` is preallocated by the caller with exactly the shape
+ * above and must not overlap an input.
+ */
+#ifndef DL_RESAMPLE_H
+#define DL_RESAMPLE_H
+
+#include "tensor.h"
+
+dl_status upsample_nearest2x_forward_ref(dl_tensor *out, const dl_tensor *x);
+dl_status upsample_nearest2x_forward(dl_tensor *out, const dl_tensor *x);
+
+dl_status avg_pool2d_forward_ref(dl_tensor *out, const dl_tensor *x, int kernel, int stride);
+dl_status avg_pool2d_forward(dl_tensor *out, const dl_tensor *x, int kernel, int stride);
+
+dl_status concat_channels_forward_ref(dl_tensor *out, const dl_tensor *a, const dl_tensor *b);
+dl_status concat_channels_forward(dl_tensor *out, const dl_tensor *a, const dl_tensor *b);
+
+#endif
