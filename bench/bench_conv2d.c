@@ -5,13 +5,17 @@
  * with K = Cin*KH*KW. For each Stable-Diffusion-sized 3x3 conv we time
  * conv2d_forward and, in the same run, cblas_sgemm on that GEMM shape with
  * all the batch's pixels as columns (M = Cout, N = batch*Ho*Wo, K), and print
- * the ratio. The goal is >= 80%.
+ * the ratio. The goal is >= 80%. Timings alternate between the two for
+ * ROUNDS rounds (best of each), as the machine may be busy with other work.
+ * --quick: one round of 10x shorter timings.
  */
 #include "bench_util.h"
 #include "../core/conv2d.h"
 #include "../core/linear.h"
 
 #include <stdio.h>
+
+#define ROUNDS 3   /* conv / sgemm timing rounds per shape */
 
 typedef struct {
     dl_tensor x, w, b, y;
@@ -62,13 +66,23 @@ static void conv_row(const char *label, int n, int cin, int h, int w, int cout, 
     const int ho = (int)c.y.shape[2], wo = (int)c.y.shape[3];
     const int M = cout, N = n * ho * wo, K = cin * k * k;
     const double gflop = 2.0 * M * (double)N * K * 1e-9;
-    const double t = bench_time(run_conv, &c, use_ref ? 0.2 : 1.0);
+    // The machine may be shared: alternate conv and sgemm timings for a few
+    // rounds and keep the best of each, so both see the same conditions.
+    double t = 1e30, peak = 0;
+    const int rounds = use_ref || bench_quick() ? 1 : ROUNDS;
+    for (int round = 0; round < rounds; round++) {
+        double tr = bench_time(run_conv, &c, use_ref ? 0.2 : 0.4);
+        if (tr < t) t = tr;
+        if (with_sgemm) {
+            double p = bench_sgemm_gflops(M, N, K);
+            if (p > peak) peak = p;
+        }
+    }
     const double gf = gflop / t;
     char shape[64];
     snprintf(shape, sizeof shape, "[%d,%d,%d,%d] %dx%d s%d", n, cin, h, w, k, k, stride);
-    printf("%-11s %-24s %8.2f %9.2f %9.1f", label, shape, gflop, t * 1e3, gf);
+    printf("%-11s %-24s %8.4f %9.2f %9.1f", label, shape, gflop, t * 1e3, gf);
     if (with_sgemm) {
-        const double peak = bench_sgemm_gflops(M, N, K);
         printf("   %5d %5d %5d %9.1f %6.0f%%\n", M, N, K, peak, 100.0 * gf / peak);
     } else {
         printf("   %23s\n", "(no sgemm: reference)");
@@ -88,6 +102,7 @@ int main(int argc, char **argv)
     bench_init(argc, argv, "bench_conv2d",
                "Times conv2d_forward on Stable-Diffusion U-Net shapes (batch 2, 3x3, stride 1, pad 1)\n"
                "and linear_forward, each against cblas_sgemm on the same GEMM shape measured in this run.");
+    printf("ratio = conv2d GFLOP/s / cblas_sgemm GFLOP/s for [M,K] x [K,N], N = batch*Ho*Wo (goal >= 80%%)\n\n");
     printf("%-11s %-24s %8s %9s %9s   %5s %5s %5s %9s %7s\n",
            "op", "x shape, kernel, stride", "GFLOP", "ms", "GFLOP/s", "M", "N", "K", "sgemm/s", "ratio");
 
@@ -98,6 +113,8 @@ int main(int argc, char **argv)
     conv_row("conv1x1", 2, 640, 32, 32, 320, 1, 1, 0, 0, 1);              // skip projection
     conv_row("conv2d_ref", 1, 32, 16, 16, 32, 3, 1, 1, 1, 0);             // the slow definition
     conv_row("conv2d", 1, 32, 16, 16, 32, 3, 1, 1, 0, 1);                 // same shape, fast
+    printf("(the [1,32,16,16] rows compare fast and reference; a GEMM that small (M=32, K=288)\n"
+           " is dominated by the im2col copy and call overheads, so the 80%% goal is for the SD shapes)\n");
 
     // linear: x [2*4096, 320] -> [2*4096, 1280] (a transformer feed-forward size)
     linear_ctx c;
@@ -111,9 +128,13 @@ int main(int argc, char **argv)
     fill(&c.b, 0.1f);
     const int M = 2 * 4096, N = 1280, K = 320;
     const double gflop = 2.0 * M * (double)N * K * 1e-9;
-    const double t = bench_time(run_linear, &c, 1.0);
-    const double peak = bench_sgemm_gflops(M, N, K);
-    printf("%-11s %-24s %8.2f %9.2f %9.1f   %5d %5d %5d %9.1f %6.0f%%\n", "linear",
+    double t = 1e30, peak = 0;
+    for (int round = 0; round < (bench_quick() ? 1 : ROUNDS); round++) {
+        double tr = bench_time(run_linear, &c, 0.4), p = bench_sgemm_gflops(M, N, K);
+        if (tr < t) t = tr;
+        if (p > peak) peak = p;
+    }
+    printf("%-11s %-24s %8.4f %9.2f %9.1f   %5d %5d %5d %9.1f %6.0f%%\n", "linear",
            "[2,4096,320] -> 1280", gflop, t * 1e3, gflop / t, M, N, K, peak, 100.0 * gflop / t / peak);
     dl_tensor_free(&c.x); dl_tensor_free(&c.w); dl_tensor_free(&c.b); dl_tensor_free(&c.y);
     return 0;

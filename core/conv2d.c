@@ -5,7 +5,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 int conv2d_out_size(int in, int kernel, int stride, int padding)
 {
@@ -23,12 +22,6 @@ typedef struct {
     int Ho, Wo;             /* out    [N, Cout, Ho, Wo]    */
     int stride, pad;
 } conv_geom;
-
-static int overlaps(const dl_tensor *a, const dl_tensor *b)
-{
-    if (!a || !b || !a->data || !b->data) return 0;
-    return a->data < b->data + b->numel && b->data < a->data + a->numel;
-}
 
 static dl_status conv2d_check(const char *op, const dl_tensor *out, const dl_tensor *x,
                               const dl_tensor *weight, const dl_tensor *bias,
@@ -51,7 +44,7 @@ static dl_status conv2d_check(const char *op, const dl_tensor *out, const dl_ten
         return dl_fail(DL_ERR_SHAPE, "%s: kernel %dx%d does not fit input %dx%d with padding %d",
                        op, g->KH, g->KW, g->H, g->W, padding);
     DL_TRY(dl_check_shape(out, op, "out", 4, DL_SHAPE(g->N, g->Cout, g->Ho, g->Wo)));
-    if (overlaps(out, x) || overlaps(out, weight) || overlaps(out, bias))
+    if (dl_tensors_overlap(out, x) || dl_tensors_overlap(out, weight) || dl_tensors_overlap(out, bias))
         return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
     if ((long long)g->Cin * g->KH * g->KW > INT_MAX || (long long)g->N * g->Ho * g->Wo > INT_MAX)
         return dl_fail(DL_ERR_ARG, "%s: sizes too large for BLAS int", op);
@@ -101,21 +94,6 @@ dl_status conv2d_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor
 /* Fewer columns than this and sgemm slows down (it re-packs the whole
  * weight matrix for every call), so a tile gets at least this many. */
 #define CONV2D_MIN_TILE_COLS 256
-
-/* Should our own copy loops (im2col, bias) run on OpenMP threads?
- * Only if they will not fight OpenBLAS for the cores. By default libgomp's
- * idle threads busy-wait for a few milliseconds after every parallel loop;
- * OpenBLAS (pthreads build) starts its own threads right then, and on a
- * 2-core machine the sgemm that follows runs at half speed (measured:
- * 55% of sgemm speed instead of 85-95%). No fight if OpenBLAS itself uses
- * OpenMP (same threads) or if the user asked for OMP_WAIT_POLICY=passive.
- * Otherwise the copies run on one thread: they are ~5-15% of the work. */
-static int copies_in_parallel(void)
-{
-    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    return policy && !strcasecmp(policy, "passive");
-}
 
 /* Fill col[K, nimg*nrows*Wo] for images n0 .. n0+nimg-1, output rows
  * oh0 .. oh0+nrows-1. Row k = (ci*KH + kh)*KW + kw (the order of the weight's
@@ -185,7 +163,7 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
     conv_geom g = {0};
     DL_TRY(conv2d_check("conv2d", out, x, weight, bias, stride, padding, &g));
     const float *b = bias ? bias->data : NULL;
-    const int par = copies_in_parallel();
+    const int par = dl_parallel_ok();
     if (g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0) {
         conv1x1(out->data, x->data, weight->data, b, &g, par);
         return DL_OK;
@@ -197,15 +175,15 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
     size_t want_cols = CONV2D_WORKSPACE_FLOATS / (size_t)K;
     if (want_cols < CONV2D_MIN_TILE_COLS) want_cols = CONV2D_MIN_TILE_COLS;
     int imgs_per_tile = 1, rows_per_tile = g.Ho;
-    if ((size_t)HoWo <= want_cols) {                 // small images: group whole images
+    if (HoWo < CONV2D_MIN_TILE_COLS) {               // small images: group whole images
         size_t n = want_cols / (size_t)HoWo;
         imgs_per_tile = n > (size_t)g.N ? g.N : (int)n;
-    } else {                                         // big images: a few rows at a time
+    } else if ((size_t)HoWo > want_cols) {           // big images: a few rows at a time
         size_t r = want_cols / (size_t)g.Wo;
         rows_per_tile = r < 1 ? 1 : (int)r;
         int ntiles = (g.Ho + rows_per_tile - 1) / rows_per_tile;
         rows_per_tile = (g.Ho + ntiles - 1) / ntiles;     // even out the tiles
-    }
+    }                                                // else: one whole image per tile
     const size_t tile_cols = (size_t)imgs_per_tile * rows_per_tile * g.Wo;
 
     // Workspace: col [K, tile_cols]; when images are grouped, the product

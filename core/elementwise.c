@@ -6,6 +6,12 @@
 /* Below this many elements a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
 
+/* 1 / sqrt(2), inside erf-GELU */
+#define INV_SQRT2 0.70710678118654752f
+/* sqrt(2 / pi), the scale inside tanh-GELU */
+#define GELU_TANH_BETA 0.7978845608028654f
+#define GELU_TANH_KAPPA 0.044715f
+
 /* `out` must exist and have exactly x's shape. */
 static dl_status check_unary(const char *op, const dl_tensor *out, const dl_tensor *x)
 {
@@ -31,14 +37,11 @@ dl_status gelu_erf_forward_ref(dl_tensor *out, const dl_tensor *x)
     DL_TRY(check_unary("gelu_erf", out, x));
     for (int64_t i = 0; i < x->numel; i++) {
         float v = x->data[i];
-        out->data[i] = v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+        out->data[i] = v * 0.5f * (1.0f + erff(v * INV_SQRT2));
     }
     return DL_OK;
 }
 
-/* sqrt(2 / pi), the scale inside tanh-GELU */
-#define GELU_TANH_BETA 0.7978845608028654f
-#define GELU_TANH_KAPPA 0.044715f
 
 dl_status gelu_tanh_forward_ref(dl_tensor *out, const dl_tensor *x)
 {
@@ -85,7 +88,7 @@ dl_status gelu_erf_forward(dl_tensor *out, const dl_tensor *x)
     int64_t n = x->numel;
     #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++)
-        o[i] = in[i] * 0.5f * (1.0f + dl_erff_fast(in[i] * (float)M_SQRT1_2));
+        o[i] = in[i] * 0.5f * (1.0f + dl_erff_fast(in[i] * INV_SQRT2));
     return DL_OK;
 }
 

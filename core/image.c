@@ -394,6 +394,8 @@ dl_status dl_grid_create(dl_image *canvas, dl_grid *g)
     if (label_h) label_h += pad / 2;
     int64_t W = (int64_t)pad * 2 + label_w + (int64_t)g->cols * g->tile_w + (int64_t)(g->cols - 1) * pad;
     int64_t H = (int64_t)pad * 2 + title_h + label_h + (int64_t)g->rows * g->tile_h + (int64_t)(g->rows - 1) * pad;
+    if (g->title && W < 2 * pad + dl_text_width(g->title, ts + 1))   /* room for the whole title */
+        W = 2 * pad + dl_text_width(g->title, ts + 1);
     if (W > DL_IMAGE_MAX_SIDE || H > DL_IMAGE_MAX_SIDE)
         return dl_fail(DL_ERR_ARG, "grid: canvas %lldx%lld is too large", (long long)W, (long long)H);
     DL_TRY(dl_image_alloc(canvas, (int)W, (int)H, 3));

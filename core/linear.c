@@ -4,25 +4,6 @@
 #include <cblas.h>
 #include <limits.h>
 #include <stdlib.h>
-#include <strings.h>
-
-/* Do two tensors share memory? (out must not alias an input: the fast
- * versions write out while BLAS still reads the inputs.) */
-static int overlaps(const dl_tensor *a, const dl_tensor *b)
-{
-    if (!a || !b || !a->data || !b->data) return 0;
-    return a->data < b->data + b->numel && b->data < a->data + a->numel;
-}
-
-/* May our own loops use OpenMP right before an sgemm? By default libgomp's
- * idle threads busy-wait for milliseconds after a parallel loop and slow
- * down OpenBLAS's own (pthreads) threads: see conv2d.c. */
-static int openmp_beside_blas(void)
-{
-    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    return policy && !strcasecmp(policy, "passive");
-}
 
 /* Shared by both linear versions, so they accept and reject exactly the
  * same arguments. Gives rows (product of the leading dims of x), in and out
@@ -40,7 +21,7 @@ static dl_status linear_check(const char *op, const dl_tensor *out, const dl_ten
     for (int i = 0; i < x->ndim; i++) want[i] = x->shape[i];
     want[x->ndim - 1] = outf;
     DL_TRY(dl_check_shape(out, op, "out", x->ndim, want));
-    if (overlaps(out, x) || overlaps(out, weight) || overlaps(out, bias))
+    if (dl_tensors_overlap(out, x) || dl_tensors_overlap(out, weight) || dl_tensors_overlap(out, bias))
         return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
     int64_t r = x->numel / in;
     if (r > INT_MAX || in > INT_MAX || outf > INT_MAX)
@@ -76,7 +57,7 @@ dl_status linear_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
     // second pass over out after the product.
     float beta = 0.0f;
     if (bias) {
-        const int par = openmp_beside_blas();
+        const int par = dl_parallel_ok();
         #pragma omp parallel for schedule(static) if (par)
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < outf; o++) out->data[(size_t)r * outf + o] = bias->data[o];
@@ -96,7 +77,7 @@ static dl_status matmul_check(const char *op, const dl_tensor *c, const dl_tenso
     DL_TRY(dl_check_shape(a, op, "a", 2, DL_SHAPE(-1, -1)));
     DL_TRY(dl_check_shape(b, op, "b", 2, DL_SHAPE(a->shape[1], -1)));
     DL_TRY(dl_check_shape(c, op, "c", 2, DL_SHAPE(a->shape[0], b->shape[1])));
-    if (overlaps(c, a) || overlaps(c, b))
+    if (dl_tensors_overlap(c, a) || dl_tensors_overlap(c, b))
         return dl_fail(DL_ERR_ARG, "%s: c overlaps an input; give it its own memory", op);
     if (a->shape[0] > INT_MAX || a->shape[1] > INT_MAX || b->shape[1] > INT_MAX)
         return dl_fail(DL_ERR_ARG, "%s: sizes too large for BLAS int", op);

@@ -12,6 +12,7 @@
  */
 #include "plot.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,18 +200,24 @@ static void dot(dl_image *img, rect r, int x, int y, int thick, unsigned int col
     if (x1 > x0 && y1 > y0) dl_image_fill_rect(img, x0, y0, x1 - x0, y1 - y0, R, G, B);
 }
 
-/* A clipped, optionally dashed segment; *phase carries the dash pattern
- * from one segment to the next so a polyline dashes evenly. */
+/* Where a polyline's dash pattern is: pixels walked so far and the last
+ * pixel, so dense data (many points per pixel) still dashes evenly. */
+typedef struct { int phase, last_x, last_y; } dash_state;
+
+/* A clipped, optionally dashed segment. */
 static void segment(dl_image *img, rect r, double ax, double ay, double bx, double by,
-                    int thick, unsigned int color, int dashed, int *phase)
+                    int thick, unsigned int color, int dashed, dash_state *ds)
 {
     if (!clip_segment(&ax, &ay, &bx, &by, r)) return;
     int x0 = (int)lround(ax), y0 = (int)lround(ay), x1 = (int)lround(bx), y1 = (int)lround(by);
     int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
     int err = dx + dy, on = 6 * thick, period = on + 4 * thick;
     for (;;) {
-        if (!dashed || (*phase % period) < on) dot(img, r, x0, y0, thick, color);
-        (*phase)++;
+        if (x0 != ds->last_x || y0 != ds->last_y) {   /* a new pixel */
+            ds->phase++;
+            ds->last_x = x0; ds->last_y = y0;
+            if (!dashed || (ds->phase % period) < on) dot(img, r, x0, y0, thick, color);
+        }
         if (x0 == x1 && y0 == y1) break;
         int e2 = 2 * err;
         if (e2 >= dy) { err += dy; x0 += sx; }
@@ -230,6 +237,21 @@ static void draw_text_vertical(dl_image *img, int x, int y, const char *text, in
         for (int tx = 0; tx < w; tx++)
             if (t.px[ty * w + tx]) dl_image_fill_rect(img, x + ty, y + (w - 1 - tx), 1, 1, 0, 0, 0);
     dl_image_free(&t);
+}
+
+/* Size of the legend box; 0 entries when no series has a name. */
+static int legend_size(const dl_plot *p, int ts, int *bw, int *bh)
+{
+    int name_w = 0, entries = 0;   /* series with an empty name stay out of the legend */
+    for (int s = 0; s < p->nseries; s++) {
+        int w = dl_text_width(p->series[s].name, ts);
+        if (w > name_w) name_w = w;
+        entries += p->series[s].name[0] != '\0';
+    }
+    const int pad = 4 * ts, swatch = 20 * ts;
+    *bw = pad + swatch + pad + name_w + pad;
+    *bh = entries * 12 * ts + pad;
+    return p->legend ? entries : 0;
 }
 
 void dl_plot_draw(const dl_plot *p, dl_image *img, int X, int Y, int W, int H)
@@ -255,6 +277,8 @@ void dl_plot_draw(const dl_plot *p, dl_image *img, int X, int Y, int W, int H)
     int top = p->title[0] ? line_h + 2 * pad : 2 * pad;
     int bottom = tick + ts * 2 + line_h + (p->xlabel[0] ? line_h : 0) + pad / 2;
     int right = 2 * pad + 3 * ts * 6 / 2;             /* half of a last x label */
+    int bw, bh, entries = legend_size(p, ts, &bw, &bh);
+    if (entries && p->legend_outside) right += bw;
     rect r = { X + left, Y + top, X + W - right, Y + H - bottom };
     if (r.x1 - r.x0 < 20 || r.y1 - r.y0 < 20) return;  /* too small to draw */
     const double pw = r.x1 - 1 - r.x0, ph = r.y1 - 1 - r.y0;
@@ -297,16 +321,17 @@ void dl_plot_draw(const dl_plot *p, dl_image *img, int X, int Y, int W, int H)
     /* Series: polylines that break at NaN/inf. */
     for (int s = 0; s < p->nseries; s++) {
         const dl_plot_series *se = &p->series[s];
-        int have_prev = 0, phase = 0;
+        int have_prev = 0;
+        dash_state ds = { 0, INT_MIN, INT_MIN };
         double px = 0, py = 0;
         for (int i = 0; i < se->n; i++) {
             double y = yval(p, se->y[i]), x = se->x[i];
             if (!isfinite(x) || !isfinite(y)) { have_prev = 0; continue; }
             double qx = SX(x), qy = SY(y);
             if (fabs(qx) > 1e7 || fabs(qy) > 1e7) { have_prev = 0; continue; }   /* far outside a fixed range */
-            if (have_prev) segment(img, r, px, py, qx, qy, lw, se->color, se->style == DL_PLOT_DASHED, &phase);
+            if (have_prev) segment(img, r, px, py, qx, qy, lw, se->color, se->style == DL_PLOT_DASHED, &ds);
             else if (se->n == 1 || i + 1 >= se->n || !isfinite(yval(p, se->y[i + 1])))
-                segment(img, r, qx, qy, qx, qy, lw + 2, se->color, 0, &phase);   /* isolated point */
+                segment(img, r, qx, qy, qx, qy, lw + 2, se->color, 0, &ds);   /* isolated point */
             px = qx; py = qy; have_prev = 1;
         }
     }
@@ -314,42 +339,36 @@ void dl_plot_draw(const dl_plot *p, dl_image *img, int X, int Y, int W, int H)
     /* Axes box on top of everything. */
     dl_image_draw_rect(img, r.x0 - 1, r.y0 - 1, r.x1 - r.x0 + 2, r.y1 - r.y0 + 2, ts > 1 ? 2 : 1, 0, 0, 0);
 
-    /* Legend, in the corner that covers the fewest data points. */
-    if (p->legend && p->nseries > 0) {   /* (a series with no points can be a legend-only entry) */
-        int name_w = 0, entries = 0;   /* series with an empty name stay out of the legend */
-        for (int s = 0; s < p->nseries; s++) {
-            int w = dl_text_width(p->series[s].name, ts);
-            if (w > name_w) name_w = w;
-            entries += p->series[s].name[0] != '\0';
+    /* Legend: right of the plot, or in the corner that covers the fewest points. */
+    if (entries) {
+        const int sw = 20 * ts, m = pad;   /* swatch length, margin */
+        int bx = r.x1 + 2 * pad, by = r.y0;
+        if (!p->legend_outside) {
+            int cx[4] = { r.x1 - m - bw, r.x0 + m, r.x1 - m - bw, r.x0 + m };
+            int cy[4] = { r.y0 + m, r.y0 + m, r.y1 - m - bh, r.y1 - m - bh };
+            int best = 0, best_count = -1;
+            for (int k = 0; k < 4; k++) {
+                int count = 0;
+                for (int s = 0; s < p->nseries; s++)
+                    for (int i = 0; i < p->series[s].n; i++) {
+                        double y = yval(p, p->series[s].y[i]);
+                        if (!isfinite(y)) continue;
+                        double qx = SX(p->series[s].x[i]), qy = SY(y);
+                        if (qx >= cx[k] && qx < cx[k] + bw && qy >= cy[k] && qy < cy[k] + bh) count++;
+                    }
+                if (best_count < 0 || count < best_count) { best = k; best_count = count; }
+            }
+            bx = cx[best]; by = cy[best];
         }
-        if (entries == 0) return;
-        int sw = 10 * ts * 2;                       /* swatch length */
-        int bw = pad + sw + pad + name_w + pad, bh = entries * line_h + pad;
-        int m = pad;
-        int cx[4] = { r.x1 - m - bw, r.x0 + m, r.x1 - m - bw, r.x0 + m };
-        int cy[4] = { r.y0 + m, r.y0 + m, r.y1 - m - bh, r.y1 - m - bh };
-        int best = 0, best_count = -1;
-        for (int k = 0; k < 4; k++) {
-            int count = 0;
-            for (int s = 0; s < p->nseries; s++)
-                for (int i = 0; i < p->series[s].n; i++) {
-                    double y = yval(p, p->series[s].y[i]);
-                    if (!isfinite(y)) continue;
-                    double qx = SX(p->series[s].x[i]), qy = SY(y);
-                    if (qx >= cx[k] && qx < cx[k] + bw && qy >= cy[k] && qy < cy[k] + bh) count++;
-                }
-            if (best_count < 0 || count < best_count) { best = k; best_count = count; }
-        }
-        int bx = cx[best], by = cy[best];
         dl_image_fill_rect(img, bx, by, bw, bh, 255, 255, 255);
         dl_image_draw_rect(img, bx, by, bw, bh, 1, 160, 160, 160);
         rect lr = { bx, by, bx + bw, by + bh };
         for (int s = 0, row = 0; s < p->nseries; s++) {
             if (!p->series[s].name[0]) continue;
             int ly = by + pad / 2 + row++ * line_h + 7 * ts / 2;   /* middle of the capitals */
-            int phase = 0;
+            dash_state ds = { 0, INT_MIN, INT_MIN };
             segment(img, lr, bx + pad, ly, bx + pad + sw, ly, lw, p->series[s].color,
-                    p->series[s].style == DL_PLOT_DASHED, &phase);
+                    p->series[s].style == DL_PLOT_DASHED, &ds);
             dl_image_draw_text(img, bx + pad + sw + pad, ly - 7 * ts / 2, p->series[s].name, 0, 0, 0, ts);
         }
     }

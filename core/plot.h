@@ -56,6 +56,7 @@ typedef struct {
     int text_scale;        /* stb_easy_font scale, default 2                */
     int line_width;        /* pixels, default 3                             */
     int legend;            /* 1 (default): draw the legend                  */
+    int legend_outside;    /* 1: legend right of the plot area, not inside  */
 } dl_plot;
 
 void dl_plot_init(dl_plot *p, const char *title, const char *xlabel, const char *ylabel);

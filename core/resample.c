@@ -4,24 +4,6 @@
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-/* These loops only move memory, and a conv2d (an sgemm) usually comes next.
- * libgomp's idle threads busy-wait for milliseconds after a parallel loop
- * and then slow down OpenBLAS's own threads (see conv2d.c), so the fast
- * versions use OpenMP only where that cannot happen. */
-static int openmp_beside_blas(void)
-{
-    if (openblas_get_parallel() == 2) return 1;              /* OpenBLAS built with OpenMP */
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    return policy && !strcasecmp(policy, "passive");
-}
-
-static int overlaps(const dl_tensor *a, const dl_tensor *b)
-{
-    if (!a || !b || !a->data || !b->data) return 0;
-    return a->data < b->data + b->numel && b->data < a->data + a->numel;
-}
 
 /* ------------------------------------------------------------------ */
 /* upsample_nearest2x */
@@ -31,7 +13,7 @@ static dl_status upsample_check(const char *op, const dl_tensor *out, const dl_t
     DL_TRY(dl_check_shape(x, op, "x", 4, DL_SHAPE(-1, -1, -1, -1)));
     DL_TRY(dl_check_shape(out, op, "out", 4,
                           DL_SHAPE(x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3])));
-    if (overlaps(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
+    if (dl_tensors_overlap(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
     return DL_OK;
 }
 
@@ -53,7 +35,7 @@ dl_status upsample_nearest2x_forward(dl_tensor *out, const dl_tensor *x)
     DL_TRY(upsample_check("upsample_nearest2x", out, x));
     const int64_t rows = x->shape[0] * x->shape[1] * x->shape[2];   // all input rows of all planes
     const int64_t W = x->shape[3];
-    const int par = openmp_beside_blas();
+    const int par = dl_parallel_ok();
     // input row r becomes output rows 2r and 2r+1 (planes stack, so that holds across planes)
     #pragma omp parallel for schedule(static) if (par)
     for (int64_t r = 0; r < rows; r++) {
@@ -79,7 +61,7 @@ static dl_status avg_pool_check(const char *op, const dl_tensor *out, const dl_t
                        (long long)H, (long long)W);
     DL_TRY(dl_check_shape(out, op, "out", 4,
                           DL_SHAPE(x->shape[0], x->shape[1], (H - kernel) / stride + 1, (W - kernel) / stride + 1)));
-    if (overlaps(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
+    if (dl_tensors_overlap(out, x)) return dl_fail(DL_ERR_ARG, "%s: out overlaps x; give it its own memory", op);
     return DL_OK;
 }
 
@@ -107,7 +89,7 @@ dl_status avg_pool2d_forward(dl_tensor *out, const dl_tensor *x, int kernel, int
     const int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t Ho = out->shape[2], Wo = out->shape[3];
     const float div = (float)(kernel * kernel);
-    const int par = openmp_beside_blas();
+    const int par = dl_parallel_ok();
     // The reference's loops and summation order (so the results agree to the
     // bit), with the row pointers hoisted and all planes' rows in one
     // parallel loop.
@@ -136,7 +118,7 @@ static dl_status concat_check(const char *op, const dl_tensor *out, const dl_ten
     DL_TRY(dl_check_shape(b, op, "b", 4, DL_SHAPE(a->shape[0], -1, a->shape[2], a->shape[3])));
     DL_TRY(dl_check_shape(out, op, "out", 4,
                           DL_SHAPE(a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])));
-    if (overlaps(out, a) || overlaps(out, b))
+    if (dl_tensors_overlap(out, a) || dl_tensors_overlap(out, b))
         return dl_fail(DL_ERR_ARG, "%s: out overlaps an input; give it its own memory", op);
     return DL_OK;
 }

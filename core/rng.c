@@ -87,7 +87,8 @@ void dl_rng_rand_f64(dl_rng *r, double *out, int64_t n)
  * keeps our compiler from fusing anything else). The rule GCC follows: a
  * product is fused into the add or subtract that uses it, the first product
  * in program order winning when both operands of the add are products.
- * With this, 10^7 values from many seeds and sizes match torch bit for bit. */
+ * With this, over 8 million values from many seeds and sizes match torch
+ * bit for bit (see tests/fixtures/torch_rng/README.md). */
 
 static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -135,7 +136,7 @@ void dl_rng_sincosf(float x, float *s, float *c)
 {
     float sign_sin = x < 0 ? -1.0f : 1.0f;
     x = fabsf(x);
-    /* Octant: j = the even integer nearest above floor(x * 4/pi). */
+    /* Octant: j = floor(x * 4/pi), rounded up to an even number. */
     int32_t j = (int32_t)(x * (float)FOUR_OVER_PI);
     j = (j + 1) & ~1;
     float y = (float)j;

@@ -20,6 +20,10 @@
 const char *const dl_dtype_names[DL_DTYPE_COUNT] = {"F32", "F16", "BF16", "F64", "I64", "I32", "U8"};
 const int dl_dtype_sizes[DL_DTYPE_COUNT] = {4, 2, 2, 8, 8, 4, 1};
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors.c assumes a little-endian host (like the file format)"
+#endif
+
 #define MAX_HEADER_BYTES ((uint64_t)100 << 20)   /* 100 MB, as the reference reader */
 #define MAX_EXACT_INT    9007199254740992.0      /* 2^53: JSON numbers arrive as double */
 
@@ -295,8 +299,23 @@ const dl_st_entry *dl_st_find(const dl_safetensors *f, const char *name)
     return NULL;
 }
 
-/* Element i of an entry (unaligned-safe loads). */
-#define LOAD(T, p, i) ({ T v_; memcpy(&v_, (p) + (size_t)(i) * sizeof(T), sizeof(T)); v_; })
+int dl_st_metadata_get(const dl_safetensors *f, const char *key, char *out, size_t size)
+{
+    if (!f->metadata || !key) return 0;
+    cJSON *m = cJSON_Parse(f->metadata);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, key);
+    int found = cJSON_IsString(v);
+    if (found && out && size) snprintf(out, size, "%s", v->valuestring);
+    cJSON_Delete(m);
+    return found;
+}
+
+/* Element i of a tensor's bytes (memcpy: the data need not be aligned). */
+static uint16_t load_u16(const unsigned char *p, int64_t i) { uint16_t v; memcpy(&v, p + 2 * i, 2); return v; }
+static int32_t  load_i32(const unsigned char *p, int64_t i) { int32_t v;  memcpy(&v, p + 4 * i, 4); return v; }
+static float    load_f32(const unsigned char *p, int64_t i) { float v;    memcpy(&v, p + 4 * i, 4); return v; }
+static int64_t  load_i64(const unsigned char *p, int64_t i) { int64_t v;  memcpy(&v, p + 8 * i, 8); return v; }
+static double   load_f64(const unsigned char *p, int64_t i) { double v;   memcpy(&v, p + 8 * i, 8); return v; }
 
 dl_status dl_st_read_f32(const dl_safetensors *f, const dl_st_entry *e, float *dst)
 {
@@ -304,11 +323,11 @@ dl_status dl_st_read_f32(const dl_safetensors *f, const dl_st_entry *e, float *d
     int64_t n = dl_st_numel(e);
     switch (e->dtype) {
     case DL_DTYPE_F32:  memcpy(dst, p, e->nbytes); break;
-    case DL_DTYPE_F16:  for (int64_t i = 0; i < n; i++) dst[i] = dl_f16_to_f32(LOAD(uint16_t, p, i)); break;
-    case DL_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_to_f32(LOAD(uint16_t, p, i)); break;
-    case DL_DTYPE_F64:  for (int64_t i = 0; i < n; i++) dst[i] = (float)LOAD(double, p, i); break;
-    case DL_DTYPE_I64:  for (int64_t i = 0; i < n; i++) dst[i] = (float)LOAD(int64_t, p, i); break;
-    case DL_DTYPE_I32:  for (int64_t i = 0; i < n; i++) dst[i] = (float)LOAD(int32_t, p, i); break;
+    case DL_DTYPE_F16:  for (int64_t i = 0; i < n; i++) dst[i] = dl_f16_to_f32(load_u16(p, i)); break;
+    case DL_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_to_f32(load_u16(p, i)); break;
+    case DL_DTYPE_F64:  for (int64_t i = 0; i < n; i++) dst[i] = (float)load_f64(p, i); break;
+    case DL_DTYPE_I64:  for (int64_t i = 0; i < n; i++) dst[i] = (float)load_i64(p, i); break;
+    case DL_DTYPE_I32:  for (int64_t i = 0; i < n; i++) dst[i] = (float)load_i32(p, i); break;
     case DL_DTYPE_U8:   for (int64_t i = 0; i < n; i++) dst[i] = (float)p[i]; break;
     default: return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s': bad dtype", f->path, e->name);
     }
@@ -321,9 +340,9 @@ dl_status dl_st_read_f64(const dl_safetensors *f, const dl_st_entry *e, double *
     int64_t n = dl_st_numel(e);
     switch (e->dtype) {
     case DL_DTYPE_F64:  memcpy(dst, p, e->nbytes); break;
-    case DL_DTYPE_F32:  for (int64_t i = 0; i < n; i++) dst[i] = LOAD(float, p, i); break;
-    case DL_DTYPE_F16:  for (int64_t i = 0; i < n; i++) dst[i] = dl_f16_to_f32(LOAD(uint16_t, p, i)); break;
-    case DL_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_to_f32(LOAD(uint16_t, p, i)); break;
+    case DL_DTYPE_F32:  for (int64_t i = 0; i < n; i++) dst[i] = load_f32(p, i); break;
+    case DL_DTYPE_F16:  for (int64_t i = 0; i < n; i++) dst[i] = dl_f16_to_f32(load_u16(p, i)); break;
+    case DL_DTYPE_BF16: for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_to_f32(load_u16(p, i)); break;
     default:
         return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected a float type",
                        f->path, e->name, dl_dtype_names[e->dtype]);
@@ -337,7 +356,7 @@ dl_status dl_st_read_i64(const dl_safetensors *f, const dl_st_entry *e, int64_t 
     int64_t n = dl_st_numel(e);
     switch (e->dtype) {
     case DL_DTYPE_I64: memcpy(dst, p, e->nbytes); break;
-    case DL_DTYPE_I32: for (int64_t i = 0; i < n; i++) dst[i] = LOAD(int32_t, p, i); break;
+    case DL_DTYPE_I32: for (int64_t i = 0; i < n; i++) dst[i] = load_i32(p, i); break;
     case DL_DTYPE_U8:  for (int64_t i = 0; i < n; i++) dst[i] = p[i]; break;
     default:
         return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected an integer type",

@@ -74,6 +74,10 @@ void      dl_st_close(dl_safetensors *f);
 /* The entry called `name`, or NULL. */
 const dl_st_entry *dl_st_find(const dl_safetensors *f, const char *name);
 
+/* The string value of "__metadata__"[key] copied into out (truncated to
+ * size); returns 1 if the key exists with a string value, else 0. */
+int dl_st_metadata_get(const dl_safetensors *f, const char *key, char *out, size_t size);
+
 /* Number of elements of an entry (1 for a scalar). */
 int64_t dl_st_numel(const dl_st_entry *e);
 

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <cblas.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -100,6 +101,12 @@ void dl_tensor_fill(dl_tensor *t, float value)
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = value;
 }
 
+int dl_tensors_overlap(const dl_tensor *a, const dl_tensor *b)
+{
+    if (!a || !b || !a->data || !b->data) return 0;
+    return a->data < b->data + b->numel && b->data < a->data + a->numel;
+}
+
 static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t size)
 {
     size_t k = 0;
@@ -190,4 +197,14 @@ int dl_get_threads(void)
 #else
     return dl_threads > 0 ? dl_threads : 1;
 #endif
+}
+
+int dl_parallel_ok(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *policy = getenv("OMP_WAIT_POLICY");
+        cached = openblas_get_parallel() == 2 || (policy && !strcasecmp(policy, "passive"));
+    }
+    return cached;
 }

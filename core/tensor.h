@@ -50,6 +50,10 @@ dl_status dl_tensor_copy(dl_tensor *dst, const dl_tensor *src);
 
 void dl_tensor_fill(dl_tensor *t, float value);
 
+/* Do two tensors share memory? (Fast kernels that write `out` while BLAS
+ * still reads the inputs reject aliasing with this.) */
+int dl_tensors_overlap(const dl_tensor *a, const dl_tensor *b);
+
 /* "[2, 320, 64, 64]" into buf; returns buf. */
 const char *dl_shape_str(const dl_tensor *t, char *buf, size_t size);
 
@@ -92,5 +96,14 @@ static inline void   dl_arena_reset(dl_arena *a, size_t mark) { a->used = mark; 
  * n <= 0 means "all cores". */
 void dl_set_threads(int n);
 int  dl_get_threads(void);
+
+/* May our own loops use OpenMP threads right next to BLAS calls?
+ * Yes if OpenBLAS is the OpenMP build (one shared thread pool, which the
+ * Makefile picks when libopenblas-openmp-dev is installed) or if
+ * OMP_WAIT_POLICY=passive. With the pthread build, idle OpenMP threads
+ * spin for milliseconds after each parallel loop and steal a core from
+ * the next sgemm, so copy loops next to GEMMs then run on one thread.
+ * Use it as: #pragma omp parallel for if (dl_parallel_ok()) */
+int dl_parallel_ok(void);
 
 #endif

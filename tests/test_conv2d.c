@@ -187,10 +187,11 @@ TEST(conv2d, fast_tiled_paths)
     dl_test_rng r = {0x7115u};
     // K = 64*9 = 576 -> ~7281 columns per tile; 97x97 = 9409 pixels -> 2 row tiles (49 + 48 rows)
     compare_case(&r, 1, 64, 97, 97, 4, 3, 3, 1, 1, 1);
-    compare_case(&r, 2, 64, 97, 61, 3, 3, 3, 2, 1, 0);          // stride 2: out 49x31, both images in one sgemm
-    // K = 512*9 = 4608 -> 910 columns; 16x16 = 256 pixels -> 3 images per sgemm, 4 = 3 + 1
-    compare_case(&r, 4, 512, 16, 16, 5, 3, 3, 1, 1, 1);
-    compare_case(&r, 4, 512, 16, 16, 5, 3, 3, 1, 1, 0);
+    compare_case(&r, 2, 64, 97, 61, 3, 3, 3, 2, 1, 0);          // stride 2: out 49x31, one image per tile
+    // images under 256 pixels are grouped: K = 512*9 = 4608 -> 910 columns;
+    // 15x15 = 225 pixels -> 4 images per sgemm, so 5 = 4 + 1
+    compare_case(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, 1);
+    compare_case(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, 0);
 }
 
 /* With OMP_WAIT_POLICY=passive the fast version fills its buffers with
@@ -204,7 +205,8 @@ TEST(conv2d, fast_matches_reference_parallel_copies)
     compare_case(&r, 2, 7, 13, 9, 5, 3, 3, 1, 1, 1);
     compare_case(&r, 3, 3, 8, 8, 4, 5, 3, 2, 2, 0);
     compare_case(&r, 2, 5, 7, 7, 6, 1, 1, 1, 0, 1);
-    compare_case(&r, 4, 512, 16, 16, 5, 3, 3, 1, 1, 1);
+    compare_case(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, 1);
+    compare_case(&r, 1, 64, 97, 97, 4, 3, 3, 1, 1, 1);
     if (saved) { setenv("OMP_WAIT_POLICY", saved, 1); free(saved); }
     else unsetenv("OMP_WAIT_POLICY");
 }

@@ -50,7 +50,8 @@ static void write_file(const char *path, const unsigned char *b, size_t n, int g
 
 TEST(idx, raw_gz_and_broken_files)
 {
-    const char *dir = dl_test_out_dir("idx");
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", dl_test_out_dir("idx"));
     char path[600];
     /* A valid [2, 3] uint8 IDX: 00 00 08 02, 2, 3, six bytes. */
     unsigned char good[8 + 8 + 6] = {0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6};

@@ -82,7 +82,11 @@ TEST(safetensors, round_trip_all_dtypes)
     CHECK((f.data - (const unsigned char *)f.map) % 8 == 0, "data section is 8-byte aligned");
     CHECK(f.metadata && strstr(f.metadata, "\"format\":\"difflab\"") && !strstr(f.metadata, "\"pt\""),
           "metadata JSON: %s", f.metadata ? f.metadata : "(null)");
-    CHECK(f.metadata && strstr(f.metadata, "newline"), "escaped metadata survives");
+    char mv[64];
+    CHECK(dl_st_metadata_get(&f, "note", mv, sizeof mv) && !strcmp(mv, "quote \" and \\ and\nnewline"),
+          "escaped metadata survives: %s", mv);
+    CHECK(dl_st_metadata_get(&f, "format", mv, sizeof mv) && !strcmp(mv, "difflab"), "metadata_get");
+    CHECK(!dl_st_metadata_get(&f, "missing", mv, sizeof mv), "missing metadata key");
 
     dl_tensor y;
     CHECK(dl_st_load_tensor(&f, "x", &y) == DL_OK, "load x: %s", dl_error_message());
