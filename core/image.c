@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
@@ -64,8 +65,8 @@ dl_status dl_image_load(dl_image *img, const char *path, int want_channels)
 dl_status dl_image_save_png(const dl_image *img, const char *path)
 {
     if (!img->px) return dl_fail(DL_ERR_ARG, "image: cannot save an empty image to '%s'", path);
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+    char tmp[4096];   /* unique per process: two programs may write the same file */
+    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
         return dl_fail(DL_ERR_ARG, "image: path too long '%s'", path);
     if (!stbi_write_png(tmp, img->w, img->h, img->c, img->px, img->w * img->c)) {
         remove(tmp);

@@ -38,8 +38,8 @@ void dl_image_free(dl_image *img);
  * keeps the file's own. Errors name the file: DL_ERR_IO if it cannot be
  * opened, DL_ERR_FORMAT if it is corrupt or absurdly large. */
 dl_status dl_image_load(dl_image *img, const char *path, int want_channels);
-/* Write a PNG: first to "<path>.tmp", then rename, so a reader never sees
- * half a file. DL_ERR_IO names the path on failure. */
+/* Write a PNG: first to "<path>.<pid>.tmp", then rename, so a reader never
+ * sees half a file. DL_ERR_IO names the path on failure. */
 dl_status dl_image_save_png(const dl_image *img, const char *path);
 
 /* Resize to w x h with an AREA (box) filter: each output pixel is the

@@ -61,7 +61,7 @@ typedef struct {
     dl_tensor x0;        /* [1, C, H, W], values in [-1, 1]                   */
     dl_tensor eps;       /* [1, C, H, W], N(0, 1): the SAME eps for every t   */
     dl_tensor xt;        /* [1, C, H, W], scratch for x_t                     */
-    int zoom;            /* nearest-neighbour enlargement for display         */
+    int zoom;            /* enlargement in the strips (nearest: crisp pixels) */
 } subject;
 
 static void subject_from_image(subject *s, const char *name, const dl_image *img, int zoom)

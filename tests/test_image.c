@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void write_bytes(const char *path, const void *data, size_t n)
 {
@@ -40,7 +41,7 @@ TEST(image, save_load_round_trip)
         dl_image_free(&b);
     }
     char tmp[620];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
     CHECK(!dl_test_file_ok(tmp), "temporary file left behind");
 }
 

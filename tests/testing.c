@@ -100,7 +100,7 @@ const char *dl_test_out_dir(const char *sub)
 int dl_test_run(const char *cmd)
 {
     char full[4096];
-    dl_test_out_dir("");
+    if (system("mkdir -p build/test_out") != 0) return -1;
     snprintf(full, sizeof full, "( %s ) > build/test_out/last_cmd.log 2>&1", cmd);
     int rc = system(full);
     if (rc == -1) return -1;

@@ -27,8 +27,10 @@ void dl_test_register(const char *group, const char *name, dl_test_fn fn);
     { dl_test_register(#group, #name, test_##group##_##name); }               \
     static void test_##group##_##name(void)
 
-/* Record a failure (and keep going) unless cond holds. Returns cond. */
-#define CHECK(cond, ...) dl_test_check((cond) ? 1 : 0, __FILE__, __LINE__, __VA_ARGS__)
+/* Record a failure (and keep going) unless cond holds. Returns 1 if it
+ * holds. The message arguments are evaluated only after cond, and only if
+ * it failed, so CHECK(p != NULL, "%d", p->x) is safe. */
+#define CHECK(cond, ...) ((cond) ? 1 : dl_test_check(0, __FILE__, __LINE__, __VA_ARGS__))
 int dl_test_check(int ok, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -51,7 +53,8 @@ void     dl_test_fill(dl_test_rng *r, float *x, size_t n, float lo, float hi);
 
 /* Where lesson binaries live ("bin", or DL_BIN_DIR from the environment). */
 const char *dl_test_bin_dir(void);
-/* A scratch directory for outputs, created if missing: build/test_out/<sub>. */
+/* A scratch directory for outputs, created if missing: build/test_out/<sub>.
+ * The returned buffer is reused by the next call: copy it if you keep it. */
 const char *dl_test_out_dir(const char *sub);
 /* Run a shell command, return its exit status (or -1); output goes to
  * build/test_out/last_cmd.log and is shown on failure by the caller. */
