@@ -26,6 +26,8 @@
  * single-threaded OpenBLAS (OpenBLAS is set to 1 thread for the duration of
  * the call and restored after: the pthread OpenBLAS build must not be
  * entered from several threads at once while it runs its own threads).
+ * Measured at 4096 x 4096: ~3x faster than running the tasks one by one with
+ * OpenBLAS threading each GEMM (there the softmax runs on one core).
  *
  * Scratch memory bound: each thread owns ONE score block of
  * chunk x Lk floats, never the full Lq x Lk matrix. The chunk is chosen so
