@@ -201,10 +201,7 @@ int dl_get_threads(void)
 
 int dl_parallel_ok(void)
 {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *policy = getenv("OMP_WAIT_POLICY");
-        cached = openblas_get_parallel() == 2 || (policy && !strcasecmp(policy, "passive"));
-    }
-    return cached;
+    /* not cached: tests switch OMP_WAIT_POLICY to exercise both paths */
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    return openblas_get_parallel() == 2 || (policy && !strcasecmp(policy, "passive"));
 }

@@ -9,24 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int rand_tensor(dl_tensor *t, dl_test_rng *r, int ndim, const int64_t shape[])
-{
-    if (dl_tensor_alloc(t, ndim, shape) != DL_OK) {
-        CHECK(0, "alloc failed: %s", dl_error_message());
-        return 0;
-    }
-    dl_test_fill(r, t->data, (size_t)t->numel, -1.0f, 1.0f);
-    return 1;
-}
-
-/* got ~ want within 1e-4 of the result's magnitude (at least 1). */
-static int close_rel(const char *what, const dl_tensor *got, const dl_tensor *want)
-{
-    double scale = 1.0;
-    for (int64_t i = 0; i < want->numel; i++) scale = fmax(scale, fabs(want->data[i]));
-    return CHECK_CLOSE(what, got->data, want->data, (size_t)want->numel, 1e-4 * scale);
-}
-
 /* Run conv2d_forward and conv2d_forward_ref on random data and compare. */
 static void compare_case(dl_test_rng *r, int n, int cin, int h, int w, int cout, int kh, int kw,
                          int stride, int pad, int with_bias)
@@ -34,16 +16,16 @@ static void compare_case(dl_test_rng *r, int n, int cin, int h, int w, int cout,
     int ho = conv2d_out_size(h, kh, stride, pad), wo = conv2d_out_size(w, kw, stride, pad);
     if (!CHECK(ho >= 1 && wo >= 1, "bad test case %dx%d k%dx%d s%d p%d", h, w, kh, kw, stride, pad)) return;
     dl_tensor x, wt, b = {0}, y_ref, y;
-    if (!rand_tensor(&x, r, 4, DL_SHAPE(n, cin, h, w)) || !rand_tensor(&wt, r, 4, DL_SHAPE(cout, cin, kh, kw)))
+    if (!dl_test_rand_tensor(&x, r, 4, DL_SHAPE(n, cin, h, w)) || !dl_test_rand_tensor(&wt, r, 4, DL_SHAPE(cout, cin, kh, kw)))
         return;
-    if (with_bias && !rand_tensor(&b, r, 1, DL_SHAPE(cout))) return;
+    if (with_bias && !dl_test_rand_tensor(&b, r, 1, DL_SHAPE(cout))) return;
     dl_tensor_alloc(&y_ref, 4, DL_SHAPE(n, cout, ho, wo));
     dl_tensor_alloc(&y, 4, DL_SHAPE(n, cout, ho, wo));
     dl_tensor_fill(&y, 1e9f);                        // stale values must be overwritten
     const dl_tensor *bp = with_bias ? &b : NULL;
     CHECK(conv2d_forward_ref(&y_ref, &x, &wt, bp, stride, pad) == DL_OK, "ref: %s", dl_error_message());
     CHECK(conv2d_forward(&y, &x, &wt, bp, stride, pad) == DL_OK, "fast: %s", dl_error_message());
-    if (!close_rel("conv2d fast vs ref", &y, &y_ref))
+    if (!CHECK_CLOSE_REL("conv2d fast vs ref", &y, &y_ref, 1e-4))
         CHECK(0, "  case: x [%d,%d,%d,%d] w [%d,%d,%d,%d] stride %d pad %d bias %d",
               n, cin, h, w, cout, cin, kh, kw, stride, pad, with_bias);
     dl_tensor_free(&x); dl_tensor_free(&wt); dl_tensor_free(&b);
@@ -211,15 +193,6 @@ TEST(conv2d, fast_matches_reference_parallel_copies)
     else unsetenv("OMP_WAIT_POLICY");
 }
 
-#define EXPECT_FAIL(call, code, what)                                                         \
-    do {                                                                                      \
-        dl_status s_ = (call);                                                                \
-        CHECK(s_ == (code), "%s: got status %s, want %s", what, dl_status_name(s_),           \
-              dl_status_name(code));                                                          \
-        CHECK(strstr(dl_error_message(), "conv2d") != NULL, "%s: message '%s' does not name conv2d", \
-              what, dl_error_message());                                                      \
-    } while (0)
-
 TEST(conv2d, errors)
 {
     dl_tensor x, w, w_cin, b, b_bad, y, y_bad, y_s2, x3;
@@ -237,29 +210,29 @@ TEST(conv2d, errors)
             fast ? conv2d_forward : conv2d_forward_ref;
         CHECK(f(&y, &x, &w, &b, 1, 1) == DL_OK, "valid call failed: %s", dl_error_message());
         CHECK(f(&y_s2, &x, &w, &b, 2, 1) == DL_OK, "valid stride-2 call failed: %s", dl_error_message());
-        EXPECT_FAIL(f(&y, &x, &w_cin, &b, 1, 1), DL_ERR_SHAPE, "wrong weight channels");
+        EXPECT_FAIL(f(&y, &x, &w_cin, &b, 1, 1), DL_ERR_SHAPE, "conv2d", "wrong weight channels");
         CHECK(strstr(dl_error_message(), "weight") && strstr(dl_error_message(), "[4, 5, 3, 3]"),
               "message should name the weight and its shape: %s", dl_error_message());
-        EXPECT_FAIL(f(&y_bad, &x, &w, &b, 1, 1), DL_ERR_SHAPE, "wrong out shape");
-        EXPECT_FAIL(f(&y, &x, &w, &b, 2, 1), DL_ERR_SHAPE, "out shape for stride 1 given with stride 2");
-        EXPECT_FAIL(f(&y, &x, &w, &b_bad, 1, 1), DL_ERR_SHAPE, "wrong bias");
-        EXPECT_FAIL(f(&y, &x, &w, &b, 0, 1), DL_ERR_ARG, "stride 0");
+        EXPECT_FAIL(f(&y_bad, &x, &w, &b, 1, 1), DL_ERR_SHAPE, "conv2d", "wrong out shape");
+        EXPECT_FAIL(f(&y, &x, &w, &b, 2, 1), DL_ERR_SHAPE, "conv2d", "out shape for stride 1 given with stride 2");
+        EXPECT_FAIL(f(&y, &x, &w, &b_bad, 1, 1), DL_ERR_SHAPE, "conv2d", "wrong bias");
+        EXPECT_FAIL(f(&y, &x, &w, &b, 0, 1), DL_ERR_ARG, "conv2d", "stride 0");
         CHECK(strstr(dl_error_message(), "stride") != NULL, "message should name stride: %s", dl_error_message());
-        EXPECT_FAIL(f(&y, &x, &w, &b, 1, -1), DL_ERR_ARG, "negative padding");
-        EXPECT_FAIL(f(&y, &x3, &w, &b, 1, 1), DL_ERR_SHAPE, "3-d input");
-        EXPECT_FAIL(f(&y, NULL, &w, &b, 1, 1), DL_ERR_ARG, "NULL x");
-        EXPECT_FAIL(f(&y, &x, NULL, &b, 1, 1), DL_ERR_ARG, "NULL weight");
+        EXPECT_FAIL(f(&y, &x, &w, &b, 1, -1), DL_ERR_ARG, "conv2d", "negative padding");
+        EXPECT_FAIL(f(&y, &x3, &w, &b, 1, 1), DL_ERR_SHAPE, "conv2d", "3-d input");
+        EXPECT_FAIL(f(&y, NULL, &w, &b, 1, 1), DL_ERR_ARG, "conv2d", "NULL x");
+        EXPECT_FAIL(f(&y, &x, NULL, &b, 1, 1), DL_ERR_ARG, "conv2d", "NULL weight");
     }
     // kernel larger than the padded input
     dl_tensor w9, y1;
     dl_tensor_alloc(&w9, 4, DL_SHAPE(4, 3, 11, 11));
     dl_tensor_alloc(&y1, 4, DL_SHAPE(2, 4, 1, 1));
-    EXPECT_FAIL(conv2d_forward(&y1, &x, &w9, NULL, 1, 1), DL_ERR_SHAPE, "kernel too large");
+    EXPECT_FAIL(conv2d_forward(&y1, &x, &w9, NULL, 1, 1), DL_ERR_SHAPE, "conv2d", "kernel too large");
     // out aliasing the input
     dl_tensor xs, ws;
     dl_tensor_alloc(&xs, 4, DL_SHAPE(1, 2, 4, 4));
     dl_tensor_alloc(&ws, 4, DL_SHAPE(2, 2, 3, 3));
-    EXPECT_FAIL(conv2d_forward(&xs, &xs, &ws, NULL, 1, 1), DL_ERR_ARG, "out == x");
+    EXPECT_FAIL(conv2d_forward(&xs, &xs, &ws, NULL, 1, 1), DL_ERR_ARG, "conv2d", "out == x");
     dl_tensor *all[] = {&x, &w, &w_cin, &b, &b_bad, &y, &y_bad, &y_s2, &x3, &w9, &y1, &xs, &ws};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
 }

@@ -8,24 +8,6 @@
 #include <string.h>
 
 /* A tensor of uniform [-1, 1) values (a failed check and 0 if allocation fails). */
-static int rand_tensor(dl_tensor *t, dl_test_rng *r, int ndim, const int64_t shape[])
-{
-    if (dl_tensor_alloc(t, ndim, shape) != DL_OK) {
-        CHECK(0, "alloc failed: %s", dl_error_message());
-        return 0;
-    }
-    dl_test_fill(r, t->data, (size_t)t->numel, -1.0f, 1.0f);
-    return 1;
-}
-
-/* got ~ want within 1e-4 of the result's magnitude (at least 1). */
-static int close_rel(const char *what, const dl_tensor *got, const dl_tensor *want)
-{
-    double scale = 1.0;
-    for (int64_t i = 0; i < want->numel; i++) scale = fmax(scale, fabs(want->data[i]));
-    return CHECK_CLOSE(what, got->data, want->data, (size_t)want->numel, 1e-4 * scale);
-}
-
 TEST(linear, hand_computed)
 {
     // x [2, 3] = [[1, 2, 3], [0, -1, 4]]; weight [2 out, 3 in]; bias [2]
@@ -76,15 +58,15 @@ TEST(linear, fast_matches_reference)
         ys[ndim - 1] = outf;
         int with_bias = iter % 3 != 0;
         dl_tensor x, w, b = {0}, y_ref, y;
-        if (!rand_tensor(&x, &r, ndim, xs) || !rand_tensor(&w, &r, 2, DL_SHAPE(outf, in))) return;
-        if (with_bias && !rand_tensor(&b, &r, 1, DL_SHAPE(outf))) return;
+        if (!dl_test_rand_tensor(&x, &r, ndim, xs) || !dl_test_rand_tensor(&w, &r, 2, DL_SHAPE(outf, in))) return;
+        if (with_bias && !dl_test_rand_tensor(&b, &r, 1, DL_SHAPE(outf))) return;
         dl_tensor_alloc(&y_ref, ndim, ys);
         dl_tensor_alloc(&y, ndim, ys);
         dl_tensor_fill(&y, 1e9f);                       // stale values must be overwritten
         const dl_tensor *bp = with_bias ? &b : NULL;
         CHECK(linear_forward_ref(&y_ref, &x, &w, bp) == DL_OK, "ref: %s", dl_error_message());
         CHECK(linear_forward(&y, &x, &w, bp) == DL_OK, "fast: %s", dl_error_message());
-        if (!close_rel("linear fast vs ref", &y, &y_ref))
+        if (!CHECK_CLOSE_REL("linear fast vs ref", &y, &y_ref, 1e-4))
             CHECK(0, "  case: ndim %d, in %d, out %d, bias %d", ndim, in, outf, with_bias);
         dl_tensor_free(&x); dl_tensor_free(&w); dl_tensor_free(&b);
         dl_tensor_free(&y_ref); dl_tensor_free(&y);
@@ -98,25 +80,15 @@ TEST(linear, matmul_fast_matches_reference)
     for (int iter = 0; iter < 30; iter++) {
         int M = sizes[dl_test_int(&r, 0, 6)], N = sizes[dl_test_int(&r, 0, 6)], K = sizes[dl_test_int(&r, 0, 6)];
         dl_tensor a, b, c_ref, c;
-        if (!rand_tensor(&a, &r, 2, DL_SHAPE(M, K)) || !rand_tensor(&b, &r, 2, DL_SHAPE(K, N))) return;
+        if (!dl_test_rand_tensor(&a, &r, 2, DL_SHAPE(M, K)) || !dl_test_rand_tensor(&b, &r, 2, DL_SHAPE(K, N))) return;
         dl_tensor_alloc(&c_ref, 2, DL_SHAPE(M, N));
         dl_tensor_alloc(&c, 2, DL_SHAPE(M, N));
         CHECK(matmul_forward_ref(&c_ref, &a, &b) == DL_OK, "ref: %s", dl_error_message());
         CHECK(matmul_forward(&c, &a, &b) == DL_OK, "fast: %s", dl_error_message());
-        if (!close_rel("matmul fast vs ref", &c, &c_ref)) CHECK(0, "  case: M %d N %d K %d", M, N, K);
+        if (!CHECK_CLOSE_REL("matmul fast vs ref", &c, &c_ref, 1e-4)) CHECK(0, "  case: M %d N %d K %d", M, N, K);
         dl_tensor_free(&a); dl_tensor_free(&b); dl_tensor_free(&c_ref); dl_tensor_free(&c);
     }
 }
-
-/* Both versions must reject the call with `code` and a message naming `op`. */
-#define EXPECT_FAIL(call, code, op, what)                                                   \
-    do {                                                                                    \
-        dl_status s_ = (call);                                                              \
-        CHECK(s_ == (code), "%s: got status %s, want %s", what, dl_status_name(s_),         \
-              dl_status_name(code));                                                        \
-        CHECK(strstr(dl_error_message(), op) != NULL, "%s: message '%s' does not name %s",  \
-              what, dl_error_message(), op);                                                \
-    } while (0)
 
 TEST(linear, shape_errors)
 {

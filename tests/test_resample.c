@@ -6,16 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int rand_tensor(dl_tensor *t, dl_test_rng *r, int ndim, const int64_t shape[])
-{
-    if (dl_tensor_alloc(t, ndim, shape) != DL_OK) {
-        CHECK(0, "alloc failed: %s", dl_error_message());
-        return 0;
-    }
-    dl_test_fill(r, t->data, (size_t)t->numel, -1.0f, 1.0f);
-    return 1;
-}
-
 /* Run the fast versions both single-threaded (default) and with OpenMP
  * copies (OMP_WAIT_POLICY=passive, see resample.c). */
 static void set_passive(int on, char **saved)
@@ -101,7 +91,7 @@ TEST(resample, fast_matches_reference)
             int n = dl_test_int(&r, 1, 3), c = sizes[dl_test_int(&r, 0, 4)];
             int h = sizes[dl_test_int(&r, 0, 4)], w = sizes[dl_test_int(&r, 0, 4)];
             dl_tensor x, y_ref, y;
-            if (!rand_tensor(&x, &r, 4, DL_SHAPE(n, c, h, w))) return;
+            if (!dl_test_rand_tensor(&x, &r, 4, DL_SHAPE(n, c, h, w))) return;
 
             // upsample: pure copies, so exact
             dl_tensor_alloc(&y_ref, 4, DL_SHAPE(n, c, 2 * h, 2 * w));
@@ -128,7 +118,7 @@ TEST(resample, fast_matches_reference)
             // concat with a second tensor of another channel count
             int cb = sizes[dl_test_int(&r, 0, 4)];
             dl_tensor b;
-            if (!rand_tensor(&b, &r, 4, DL_SHAPE(n, cb, h, w))) return;
+            if (!dl_test_rand_tensor(&b, &r, 4, DL_SHAPE(n, cb, h, w))) return;
             dl_tensor_alloc(&y_ref, 4, DL_SHAPE(n, c + cb, h, w));
             dl_tensor_alloc(&y, 4, DL_SHAPE(n, c + cb, h, w));
             CHECK(concat_channels_forward_ref(&y_ref, &x, &b) == DL_OK, "%s", dl_error_message());
@@ -145,15 +135,6 @@ TEST(resample, fast_matches_reference)
         if (pass) set_passive(0, &saved);
     }
 }
-
-#define EXPECT_FAIL(call, code, op, what)                                                   \
-    do {                                                                                    \
-        dl_status s_ = (call);                                                              \
-        CHECK(s_ == (code), "%s: got status %s, want %s", what, dl_status_name(s_),         \
-              dl_status_name(code));                                                        \
-        CHECK(strstr(dl_error_message(), op) != NULL, "%s: message '%s' does not name %s",  \
-              what, dl_error_message(), op);                                                \
-    } while (0)
 
 TEST(resample, errors)
 {

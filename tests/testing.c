@@ -2,6 +2,7 @@
  * Prints one line per test and a final "N passed, M failed"; exit status 1
  * if anything failed. */
 #include "testing.h"
+#include "../core/tensor.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -79,6 +80,29 @@ int dl_test_int(dl_test_rng *r, int lo, int hi)
 void dl_test_fill(dl_test_rng *r, float *x, size_t n, float lo, float hi)
 {
     for (size_t i = 0; i < n; i++) x[i] = dl_test_uniform(r, lo, hi);
+}
+
+int dl_test_rand_tensor(void *tensor, dl_test_rng *r, int ndim, const int64_t shape[])
+{
+    dl_tensor *t = tensor;
+    if (dl_tensor_alloc(t, ndim, shape) != DL_OK) {
+        CHECK(0, "alloc failed: %s", dl_error_message());
+        return 0;
+    }
+    dl_test_fill(r, t->data, (size_t)t->numel, -1.0f, 1.0f);
+    return 1;
+}
+
+int dl_test_close_rel(const char *file, int line, const char *what,
+                      const void *got_tensor, const void *want_tensor, double rtol)
+{
+    const dl_tensor *got = got_tensor, *want = want_tensor;
+    if (got->numel != want->numel)
+        return dl_test_check(0, file, line, "%s: %lld values, want %lld", what,
+                             (long long)got->numel, (long long)want->numel);
+    double scale = 1.0;
+    for (int64_t i = 0; i < want->numel; i++) scale = fmax(scale, fabs(want->data[i]));
+    return dl_test_close(file, line, what, got->data, want->data, (size_t)want->numel, rtol * scale);
 }
 
 const char *dl_test_bin_dir(void)

@@ -41,6 +41,22 @@ int dl_test_check(int ok, const char *file, int line, const char *fmt, ...)
 int dl_test_close(const char *file, int line, const char *what,
                   const float *got, const float *want, size_t n, double atol);
 
+/* Tensors: got ~ want within rtol times the largest |want| (at least 1). */
+#define CHECK_CLOSE_REL(what, got, want, rtol) \
+    dl_test_close_rel(__FILE__, __LINE__, (what), (got), (want), (rtol))
+int dl_test_close_rel(const char *file, int line, const char *what,
+                      const void *got, const void *want, double rtol);
+
+/* The call must fail with `code` and a message that names `op`. */
+#define EXPECT_FAIL(call, code, op, what)                                                   \
+    do {                                                                                    \
+        dl_status s_ = (call);                                                              \
+        CHECK(s_ == (code), "%s: got status %s, want %s", what, dl_status_name(s_),         \
+              dl_status_name(code));                                                        \
+        CHECK(strstr(dl_error_message(), op) != NULL, "%s: message '%s' does not name %s",  \
+              what, dl_error_message(), op);                                                \
+    } while (0)
+
 /* Max |a - b| over n floats (handy for printing). */
 double dl_max_abs_diff(const float *a, const float *b, size_t n);
 
@@ -50,6 +66,10 @@ uint32_t dl_test_u32(dl_test_rng *r);
 float    dl_test_uniform(dl_test_rng *r, float lo, float hi);
 int      dl_test_int(dl_test_rng *r, int lo, int hi);          /* inclusive */
 void     dl_test_fill(dl_test_rng *r, float *x, size_t n, float lo, float hi);
+/* Allocate a dl_tensor (passed as void* to keep this header free of core/)
+ * filled with uniform values in [-1, 1]; records a failure and returns 0
+ * if the allocation fails. */
+int      dl_test_rand_tensor(void *tensor, dl_test_rng *r, int ndim, const int64_t shape[]);
 
 /* Where lesson binaries live ("bin", or DL_BIN_DIR from the environment). */
 const char *dl_test_bin_dir(void);

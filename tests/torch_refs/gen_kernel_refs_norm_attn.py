@@ -9,34 +9,16 @@ outputs side by side, float32). `make test` only reads the file
 (tests/test_norm.c, test_elementwise.c, test_attention.c,
 test_timestep_embedding.c).
 """
-import json
 import math
-import struct
 
 import torch
+
+from st_io import write_safetensors
 import torch.nn.functional as F
 
 OUT = "tests/fixtures/torch_kernels/norm_attn.safetensors"
 
 
-def write_safetensors(path, tensors, metadata=None):
-    # The format: u64 little-endian header length, JSON header, raw bytes.
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        data = t.detach().contiguous().to(torch.float32).numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = metadata
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def attention(q, k, v, heads, causal):

@@ -14,10 +14,10 @@ Contents (all from torch.Generator("cpu").manual_seed(S)):
                           it checks that the scalar Box-Muller's cached second
                           value survives across calls and dtypes.
 """
-import json
-import struct
 
 import torch
+
+from st_io import write_safetensors
 
 OUT = "tests/fixtures/torch_rng/torch_rng_extra.safetensors"
 
@@ -25,27 +25,7 @@ OUT = "tests/fixtures/torch_rng/torch_rng_extra.safetensors"
 MIXED = [("randn", 3), ("randn", 1), ("rand", 5), ("randn", 33), ("randn_f64", 7),
          ("randn", 2), ("randn_f64", 17), ("rand_f64", 3), ("randn", 16), ("randn", 5)]
 
-DTYPES = {torch.float32: "F32", torch.float64: "F64"}
 
-
-def write_safetensors(path, tensors):
-    # u64 little-endian header length, JSON header (padded to 8), raw bytes
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        data = t.contiguous().numpy().tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = {"generator": "tests/torch_refs/gen_rng_refs.py",
-                              "torch": torch.__version__}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def gen(seed):
@@ -70,7 +50,8 @@ def main():
             else:
                 t = torch.rand(n, generator=g, dtype=torch.float64)
             out[f"mixed_seed{s}_{k}_{op}"] = t
-    write_safetensors(OUT, out)
+    write_safetensors(OUT, out, {"generator": "tests/torch_refs/gen_rng_refs.py",
+                                 "torch": torch.__version__})
     print("wrote", OUT, len(out), "tensors")
 
 

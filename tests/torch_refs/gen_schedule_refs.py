@@ -18,12 +18,12 @@ re-implemented below with the same torch ops in the same order:
 The one tensor taken from diffusers itself is `diffusers_alphas_cumprod`, copied
 from the shared scheduler goldens (schedulers/ddim_steps4.safetensors).
 """
-import json
 import math
-import struct
 import sys
 
 import torch
+
+from st_io import read_safetensors, write_safetensors
 
 OUT = "tests/fixtures/schedules/schedules.safetensors"
 
@@ -98,36 +98,6 @@ def ddpm_step(alphas_cumprod, model_output, t, sample, z):
     return pred_prev_sample
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, v in header.items():
-        if name == "__metadata__" or v["dtype"] != "F32":
-            continue   # (the file also holds I64 timesteps; not needed here)
-        b, e = v["data_offsets"]
-        out[name] = torch.frombuffer(bytearray(data[b:e]), dtype=torch.float32).reshape(v["shape"])
-    return out
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        data = t.contiguous().to(torch.float32).numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = metadata
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def main():
