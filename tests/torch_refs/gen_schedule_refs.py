@@ -2,8 +2,8 @@
 """References for core/schedule.c (tests/test_schedule.c).
 
 Run from the repository root with Debian's python3-torch (1.13):
-    /usr/bin/python3 tests/torch_refs/gen_schedule_refs.py [path/to/shared/fixtures]
-(default shared path: ../shared/fixtures). Writes
+    /usr/bin/python3 tests/torch_refs/gen_schedule_refs.py PATH/TO/SHARED/fixtures
+(the reference-data folder beside the checkout, holding schedulers/). Writes
 tests/fixtures/schedules/schedules.safetensors; `make test` only reads it.
 
 diffusers is not installed here, so its formulas (v0.27, DDPMScheduler) are
@@ -101,7 +101,9 @@ def ddpm_step(alphas_cumprod, model_output, t, sample, z):
 
 
 def main():
-    shared = sys.argv[1] if len(sys.argv) > 1 else "../shared/fixtures"
+    if len(sys.argv) != 2:
+        sys.exit("usage: gen_schedule_refs.py PATH/TO/SHARED/fixtures")
+    shared = sys.argv[1]
     out = {}
     golden = read_safetensors(shared + "/schedulers/ddim_steps4.safetensors")
     out["diffusers_alphas_cumprod"] = golden["alphas_cumprod"]
