@@ -4,6 +4,7 @@
 #   make test         run all tests            make test K=conv2d   one group
 #   make test-asan    the tests under AddressSanitizer + UBSan
 #   make bench        benchmarks against this machine's own ceilings
+#   make bench-toy    toy U-Net: training-step time vs PyTorch, judged sample quality
 #   make demo         the main demo (lesson 01, live if there is a display)
 
 PKGS     := sdl2 stb libcjson
@@ -39,16 +40,18 @@ VIZ_SRC    := $(wildcard viz/*.c)
 LESSON_SRC := $(wildcard lessons/*.c)
 TEST_SRC   := $(wildcard tests/*.c)
 BENCH_SRC  := $(filter-out bench/bench_util.c,$(wildcard bench/*.c))
+TOOL_SRC   := $(wildcard tools/*.c)
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
 VIZ_OBJ    := $(VIZ_SRC:%.c=$(BUILD)/%.o)
 LESSONS    := $(LESSON_SRC:lessons/%.c=$(BIN)/%)
 BENCHES    := $(BENCH_SRC:bench/%.c=$(BIN)/%)
+TOOLS      := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 CORE_LIB   := $(BUILD)/libdifflab.a
 VIZ_LIB    := $(if $(VIZ_SRC),$(BUILD)/libdifflab_viz.a)
 
-.PHONY: all test test-asan bench demo clean
-all: $(LESSONS) $(BIN)/run_tests $(BENCHES)
+.PHONY: all test test-asan bench bench-toy demo clean
+all: $(LESSONS) $(TOOLS) $(BIN)/run_tests $(BENCHES)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -62,6 +65,10 @@ $(VIZ_LIB): $(VIZ_OBJ)
 	ar rcs $@ $^
 
 $(BIN)/%: $(BUILD)/lessons/%.o $(VIZ_LIB) $(CORE_LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/%: $(BUILD)/tools/%.o $(VIZ_LIB) $(CORE_LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -84,8 +91,13 @@ test-asan:
 	        LDLIBS_EXTRA= all
 	@ASAN_OPTIONS=detect_leaks=0 DL_BIN_DIR=build/asan/bin DL_ASAN=1 build/asan/bin/run_tests $(K)
 
+# Kernel benchmarks; the toy U-Net ones (training-step speed against PyTorch,
+# sample quality judged by the MNIST classifier) take longer: make bench-toy.
 bench: all
-	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+	@for b in $(filter-out $(BIN)/bench_toy%,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
+
+bench-toy: all
+	@for b in $(filter $(BIN)/bench_toy%,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
 
 demo: all
 	$(BIN)/01_forward_noising

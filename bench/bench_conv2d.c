@@ -8,6 +8,14 @@
  * the ratio. The goal is >= 80%. Timings alternate between the two for
  * ROUNDS rounds (best of each), as the machine may be busy with other work.
  * --quick: one round of 10x shorter timings.
+ *
+ * conv2d_backward (dx + dweight + dbias) on the toy U-Net's 3x3 convs,
+ * batch 64: two GEMMs of the forward's size,
+ *     dweight[Cout, K]   += dout[Cout, pixels] x col[K, pixels]^T
+ *     dcol[K, pixels]     = weight[Cout, K]^T x dout[Cout, pixels]   (then col2im)
+ * so the ceiling is the time cblas_sgemm needs for these two shapes
+ * (measured here, plain NoTrans x NoTrans), and the ratio is that time over
+ * ours. The forward on the same shapes is printed next to it.
  */
 #include "bench_util.h"
 #include "../core/conv2d.h"
@@ -90,6 +98,51 @@ static void conv_row(const char *label, int n, int cin, int h, int w, int cout, 
     conv_free(&c);
 }
 
+typedef struct { dl_tensor x, w, dout, dx, dw, db; int stride, pad; } conv_bwd_ctx;
+
+static void run_conv_backward(void *p)
+{
+    conv_bwd_ctx *c = p;
+    if (conv2d_backward(&c->dx, &c->dw, &c->db, &c->dout, &c->x, &c->w, c->stride, c->pad) != DL_OK)
+        dl_die("bench_conv2d: conv2d_backward failed");
+}
+
+/* One row for conv2d_backward: dx + dweight + dbias, against sgemm on the
+ * dweight and dcol GEMM shapes. */
+static void conv_backward_row(const char *label, int n, int cin, int h, int w, int cout, int k, int stride, int pad)
+{
+    conv_bwd_ctx c = {.stride = stride, .pad = pad};
+    const int ho = conv2d_out_size(h, k, stride, pad), wo = conv2d_out_size(w, k, stride, pad);
+    if (dl_tensor_alloc(&c.x, 4, DL_SHAPE(n, cin, h, w)) != DL_OK ||
+        dl_tensor_alloc(&c.w, 4, DL_SHAPE(cout, cin, k, k)) != DL_OK ||
+        dl_tensor_alloc(&c.dout, 4, DL_SHAPE(n, cout, ho, wo)) != DL_OK ||
+        dl_tensor_alloc(&c.dx, 4, DL_SHAPE(n, cin, h, w)) != DL_OK ||
+        dl_tensor_alloc(&c.dw, 4, DL_SHAPE(cout, cin, k, k)) != DL_OK ||
+        dl_tensor_alloc(&c.db, 1, DL_SHAPE(cout)) != DL_OK)
+        dl_die("bench_conv2d: not enough memory for the backward tensors");
+    fill(&c.x, 1.0f);
+    fill(&c.w, 0.05f);
+    fill(&c.dout, 0.01f);
+    const int P = n * ho * wo, K = cin * k * k;
+    const double gf_one = 2.0 * cout * (double)P * K * 1e-9;     // one of the two GEMMs
+    double t = 1e30, peak_dw = 0, peak_dx = 0;
+    for (int round = 0; round < (bench_quick() ? 1 : ROUNDS); round++) {
+        double tr = bench_time(run_conv_backward, &c, 0.4);
+        if (tr < t) t = tr;
+        double p1 = bench_sgemm_gflops(cout, K, P), p2 = bench_sgemm_gflops(K, P, cout);
+        if (p1 > peak_dw) peak_dw = p1;
+        if (p2 > peak_dx) peak_dx = p2;
+    }
+    const double t_sgemm = gf_one / peak_dw + gf_one / peak_dx;
+    char shape[64];
+    snprintf(shape, sizeof shape, "[%d,%d,%d,%d] %dx%d s%d", n, cin, h, w, k, k, stride);
+    printf("%-11s %-24s %8.4f %9.2f %9.1f   dW %dx%dx%d %.1f, dcol %dx%dx%d %.1f GFLOP/s: sgemm %.2f ms, ratio %3.0f%%\n",
+           label, shape, 2 * gf_one, t * 1e3, 2 * gf_one / t, cout, K, P, peak_dw, K, P, cout, peak_dx,
+           t_sgemm * 1e3, 100.0 * t_sgemm / t);
+    dl_tensor *all[] = {&c.x, &c.w, &c.dout, &c.dx, &c.dw, &c.db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
 typedef struct { dl_tensor x, w, b, y; } linear_ctx;
 static void run_linear(void *p)
 {
@@ -137,5 +190,15 @@ int main(int argc, char **argv)
     printf("%-11s %-24s %8.4f %9.2f %9.1f   %5d %5d %5d %9.1f %6.0f%%\n", "linear",
            "[2,4096,320] -> 1280", gflop, t * 1e3, gflop / t, M, N, K, peak, 100.0 * gflop / t / peak);
     dl_tensor_free(&c.x); dl_tensor_free(&c.w); dl_tensor_free(&c.b); dl_tensor_free(&c.y);
+
+    // the toy U-Net (batch 64): forward and backward of its 3x3 convs
+    printf("\ntoy U-Net 3x3 convs, batch 64: forward, then backward (dx + dweight + dbias; GFLOP = the two GEMMs)\n");
+    static const int toy[][2] = {{32, 32}, {64, 16}, {128, 8}};       // channels, size
+    const int nb = bench_quick() ? 8 : 64;
+    for (int i = 0; i < 3; i++) {
+        conv_row("conv2d", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1, 0, 1);
+        conv_backward_row("conv2d_bwd", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1);
+    }
+    conv_backward_row("conv2d_bwd", nb, 32, 32, 32, 32, 3, 2, 1);          // Downsample2D
     return 0;
 }

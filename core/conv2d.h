@@ -42,4 +42,38 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
  * For the SD U-Net that is 16 MiB (+0.6 MiB at 8x8). */
 #define CONV2D_WORKSPACE_FLOATS ((size_t)4 << 20)     /* 16 MiB */
 
+/* ------------------------------------------------------------------ */
+/* Backward (training). Given dout = dL/dout [N, Cout, Ho, Wo] and the
+ * forward's x and weight (nothing is cached, the same stride / padding):
+ *
+ *     dbias[co]               += sum over n, oh, ow of dout[n, co, oh, ow]
+ *     dweight[co, ci, kh, kw] += sum over n, oh, ow of dout[n, co, oh, ow] * x[n, ci, ih, iw]
+ *     dx[n, ci, ih, iw]       += sum over co, kh, kw of dout[n, co, oh, ow] * weight[co, ci, kh, kw]
+ *         with ih = oh*stride - padding + kh, iw = ow*stride - padding + kw (taps in the
+ *         padding contribute nothing)
+ *
+ * Gradients ACCUMULATE (+=); any of dx, dweight, dbias may be NULL (skipped).
+ * Shapes: dx like x, dweight like weight, dbias [Cout]. No gradient may
+ * overlap an input.
+ *
+ * Fast version, per tile of output pixels (the forward's tiles):
+ *     col[K, cols]   = im2col(x)                       (only if dweight is wanted)
+ *     dweight[Cout, K] += dout_tile[Cout, cols] col^T  one sgemm
+ *     dcol[K, cols]  = weight^T dout_tile              one sgemm, into the same buffer
+ *     dx            += col2im(dcol)                    scatter-add: every column adds its
+ *                                                      K values back onto the pixels it read
+ * 1x1 stride-1 unpadded convs skip im2col (x[n] is already [Cin, H*W]).
+ * Threads: a batch of at least 2 x threads images (training) is split into
+ * one range of images per thread, each with single-threaded BLAS, its own
+ * buffers and its own dweight partial (summed at the end); fewer, bigger
+ * images go tile by tile with threaded BLAS, like the forward.
+ * Scratch per thread in use: the forward's col tile (at most
+ * CONV2D_WORKSPACE_FLOATS floats, or K x 256), a Cout x cols copy of dout
+ * when small images are grouped, and (batch split) a Cout x K partial.
+ */
+dl_status conv2d_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                              const dl_tensor *x, const dl_tensor *weight, int stride, int padding);
+dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                          const dl_tensor *x, const dl_tensor *weight, int stride, int padding);
+
 #endif

@@ -60,6 +60,32 @@ dl_status scale_forward(dl_tensor *out, const dl_tensor *x, float s);
 void softmax_row_inplace(float *row, int64_t n);
 
 /* ------------------------------------------------------------------ */
+/* Backward (training). dout = dL/dout has the forward output's shape.
+ * Gradients ACCUMULATE (+=) and may be NULL (skipped); they must not
+ * overlap an input (so no in-place backward).
+ *
+ *   silu_backward      dx += dout * s * (1 + x (1 - s)),   s = sigmoid(x)
+ *   gelu_erf_backward  dx += dout * (Phi(x) + x phi(x)),   Phi(x) = (1 + erf(x/sqrt 2)) / 2,
+ *                                                          phi(x) = exp(-x^2/2) / sqrt(2 pi)
+ *   softmax_backward   dx += y * (dout - sum_j dout_j y_j)  per row, from the
+ *                      softmax OUTPUT y (which is all it needs)
+ *   add_backward       da += dout;  db += dout summed over the dims where b was
+ *                      broadcast (db has b's shape, e.g. [N, C, 1, 1] sums H, W)
+ *   mul_backward       da += dout * b (b broadcast);  db += (dout * a) summed as above
+ */
+dl_status silu_backward_ref(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *x);
+dl_status silu_backward(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *x);
+dl_status gelu_erf_backward_ref(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *x);
+dl_status gelu_erf_backward(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *x);
+dl_status softmax_backward_ref(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *y);
+dl_status softmax_backward(dl_tensor *dx, const dl_tensor *dout, const dl_tensor *y);
+/* db (if not NULL) gives b's shape; it must broadcast onto dout (a's shape). */
+dl_status add_backward_ref(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
+dl_status add_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
+dl_status mul_backward_ref(dl_tensor *da, dl_tensor *db, const dl_tensor *dout, const dl_tensor *a, const dl_tensor *b);
+dl_status mul_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout, const dl_tensor *a, const dl_tensor *b);
+
+/* ------------------------------------------------------------------ */
 /* a * b + c, as ONE fused instruction when the CPU has FMA (-march=native
  * on any recent x86): twice the polynomial throughput. (The Makefile's
  * -ffp-contract=off stops the compiler from fusing on its own; an explicit

@@ -28,4 +28,22 @@ dl_status linear_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
 dl_status matmul_forward_ref(dl_tensor *c, const dl_tensor *a, const dl_tensor *b);
 dl_status matmul_forward(dl_tensor *c, const dl_tensor *a, const dl_tensor *b);
 
+/* ------------------------------------------------------------------ */
+/* Backward of linear (training). Given dout = dL/dout [..., out_features]:
+ *
+ *     dx      [..., in]          += dout W          (dx[r, i] += sum_o dout[r, o] W[o, i])
+ *     dweight [out_features, in] += dout^T x        (summed over all rows r)
+ *     dbias   [out_features]     += sum_r dout[r, :]
+ *
+ * Gradients ACCUMULATE (+=): zero them first. Any of dx, dweight, dbias may
+ * be NULL (not needed: that work is skipped). They must not overlap the
+ * inputs. The fast version is two cblas_sgemm calls with beta = 1.
+ *
+ *     DL_TRY(linear_backward(&dh, &w->grad, &b->grad, &dy, &h, &w->value));
+ */
+dl_status linear_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                              const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight);
+dl_status linear_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                          const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight);
+
 #endif

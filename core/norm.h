@@ -36,4 +36,33 @@ dl_status layer_norm_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_te
 dl_status layer_norm_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
                              const dl_tensor *bias, float eps);
 
+/* ------------------------------------------------------------------ */
+/* Backward (training). With xhat = (x - mean) * rstd (the normalised input,
+ * recomputed from x) and dout = dL/dout:
+ *
+ *     dbias[c]   += sum of dout over everything but the channel c
+ *     dweight[c] += sum of dout * xhat over everything but c
+ *     dx          = rstd * (g - mean(g) - xhat * mean(g * xhat)),   g = dout * weight[c]
+ *                   (means over the normalised set: one (n, group) for
+ *                   group_norm, one row for layer_norm; dx is accumulated)
+ *
+ * The two mean terms are there because every x of the set moved the mean
+ * and the variance that all the others were normalised with.
+ * Gradients ACCUMULATE (+=); dx, dweight, dbias may each be NULL. weight
+ * may be NULL (= ones, as in the forward); dweight/dbias are [C]. Gradients
+ * must not overlap the inputs.
+ * Fast versions: one task per (n, group) / per row as in the forward; the
+ * per-channel sums for dweight/dbias go to small per-task / per-thread
+ * buffers that are added up at the end (no two threads write one value).
+ */
+dl_status group_norm_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                                  const dl_tensor *x, const dl_tensor *weight, int groups, float eps);
+dl_status group_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                              const dl_tensor *x, const dl_tensor *weight, int groups, float eps);
+
+dl_status layer_norm_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                                  const dl_tensor *x, const dl_tensor *weight, float eps);
+dl_status layer_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                              const dl_tensor *x, const dl_tensor *weight, float eps);
+
 #endif

@@ -148,3 +148,146 @@ dl_status concat_channels_forward(dl_tensor *out, const dl_tensor *a, const dl_t
     }
     return DL_OK;
 }
+
+/* ================================================================== */
+/* Backward                                                            */
+/* ================================================================== */
+
+/* The forward checks, with dx in x's place and dout in out's (so the
+ * messages say "x" / "out" for dx / dout). Without dx there is no shape to
+ * check against and nothing to do. */
+
+dl_status upsample_nearest2x_backward_ref(dl_tensor *dx, const dl_tensor *dout)
+{
+    if (!dx) return DL_OK;
+    DL_TRY(upsample_check("upsample_nearest2x_backward_ref", dout, dx));
+    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    const int64_t Ho = 2 * H, Wo = 2 * W;
+    // out[n, c, oh, ow] = x[n, c, oh/2, ow/2]: send each dout back to its source
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t ow = 0; ow < Wo; ow++)
+        dx->data[((n * C + c) * H + oh / 2) * W + ow / 2] += dout->data[((n * C + c) * Ho + oh) * Wo + ow];
+    return DL_OK;
+}
+
+dl_status upsample_nearest2x_backward(dl_tensor *dx, const dl_tensor *dout)
+{
+    if (!dx) return DL_OK;
+    DL_TRY(upsample_check("upsample_nearest2x_backward", dout, dx));
+    const int64_t rows = dx->shape[0] * dx->shape[1] * dx->shape[2];   // all input rows of all planes
+    const int64_t W = dx->shape[3];
+    const int par = dl_parallel_ok();
+    // input row r received output rows 2r and 2r+1 (also across planes)
+    #pragma omp parallel for schedule(static) if (par && rows * W >= 16384)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *top = dout->data + (2 * r) * (2 * W), *bot = top + 2 * W;
+        float *d = dx->data + r * W;
+        for (int64_t w = 0; w < W; w++) d[w] += (top[2 * w] + top[2 * w + 1]) + (bot[2 * w] + bot[2 * w + 1]);
+    }
+    return DL_OK;
+}
+
+dl_status avg_pool2d_backward_ref(dl_tensor *dx, const dl_tensor *dout, int kernel, int stride)
+{
+    if (!dx) return DL_OK;
+    DL_TRY(avg_pool_check("avg_pool2d_backward_ref", dout, dx, kernel, stride));
+    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    const int64_t Ho = dout->shape[2], Wo = dout->shape[3];
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t ow = 0; ow < Wo; ow++) {
+        // out = (sum of the window) / k^2: each window pixel gets dout / k^2
+        const float g = dout->data[((n * C + c) * Ho + oh) * Wo + ow] / (float)(kernel * kernel);
+        for (int kh = 0; kh < kernel; kh++)
+        for (int kw = 0; kw < kernel; kw++)
+            dx->data[((n * C + c) * H + oh * stride + kh) * W + ow * stride + kw] += g;
+    }
+    return DL_OK;
+}
+
+dl_status avg_pool2d_backward(dl_tensor *dx, const dl_tensor *dout, int kernel, int stride)
+{
+    if (!dx) return DL_OK;
+    DL_TRY(avg_pool_check("avg_pool2d_backward", dout, dx, kernel, stride));
+    const int64_t planes = dx->shape[0] * dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    const int64_t Ho = dout->shape[2], Wo = dout->shape[3];
+    const float div = (float)(kernel * kernel);
+    const int par = dl_parallel_ok();
+    // Windows overlap only inside their own plane (stride < kernel), so
+    // planes are split over the threads, and each plane is done in the
+    // reference's order.
+    #pragma omp parallel for schedule(static) if (par && planes * H * W >= 16384)
+    for (int64_t p = 0; p < planes; p++) {
+        const float *g = dout->data + p * Ho * Wo;    // dout[p]
+        float *d = dx->data + p * H * W;              // dx[p]
+        for (int64_t oh = 0; oh < Ho; oh++)
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                const float v = g[oh * Wo + ow] / div;
+                float *win = d + oh * stride * W + ow * stride;
+                for (int kh = 0; kh < kernel; kh++)
+                    for (int kw = 0; kw < kernel; kw++) win[kh * W + kw] += v;
+            }
+    }
+    return DL_OK;
+}
+
+/* da [N, Ca, H, W], db [N, Cb, H, W] (either may be NULL), dout [N, Ca+Cb, H, W].
+ * Gives Ca (the channel where b's part starts). */
+static dl_status concat_backward_check(const char *op, const dl_tensor *da, const dl_tensor *db,
+                                       const dl_tensor *dout, int64_t *Ca)
+{
+    DL_TRY(dl_check_shape(dout, op, "dout", 4, DL_SHAPE(-1, -1, -1, -1)));
+    const int64_t N = dout->shape[0], C = dout->shape[1], H = dout->shape[2], W = dout->shape[3];
+    if (da) DL_TRY(dl_check_shape(da, op, "da", 4, DL_SHAPE(N, -1, H, W)));
+    if (db) DL_TRY(dl_check_shape(db, op, "db", 4, DL_SHAPE(N, -1, H, W)));
+    if (!da && !db) { *Ca = 0; return DL_OK; }      /* nothing wanted */
+    const int64_t ca = da ? da->shape[1] : C - (db ? db->shape[1] : 0);
+    const int64_t cb = db ? db->shape[1] : C - ca;
+    if (ca < 1 || cb < 1 || ca + cb != C) {
+        char s[64];
+        return dl_fail(DL_ERR_SHAPE, "%s: dout %s has %lld channels, da and db have %lld + %lld",
+                       op, dl_shape_str(dout, s, sizeof s), (long long)C, (long long)ca, (long long)cb);
+    }
+    if (dl_tensors_overlap(da, dout) || dl_tensors_overlap(db, dout) || dl_tensors_overlap(da, db))
+        return dl_fail(DL_ERR_ARG, "%s: a gradient output overlaps dout or the other one", op);
+    *Ca = ca;
+    return DL_OK;
+}
+
+dl_status concat_channels_backward_ref(dl_tensor *da, dl_tensor *db, const dl_tensor *dout)
+{
+    int64_t Ca = 0;
+    DL_TRY(concat_backward_check("concat_channels_backward_ref", da, db, dout, &Ca));
+    if (!da && !db) return DL_OK;
+    const int64_t N = dout->shape[0], C = dout->shape[1], HW = dout->shape[2] * dout->shape[3];
+    const int64_t Cb = C - Ca;
+    for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+    for (int64_t i = 0; i < HW; i++) {
+        const float g = dout->data[(n * C + c) * HW + i];
+        if (c < Ca) { if (da) da->data[(n * Ca + c) * HW + i] += g; }
+        else        { if (db) db->data[(n * Cb + (c - Ca)) * HW + i] += g; }
+    }
+    return DL_OK;
+}
+
+dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout)
+{
+    int64_t Ca = 0;
+    DL_TRY(concat_backward_check("concat_channels_backward", da, db, dout, &Ca));
+    if (!da && !db) return DL_OK;
+    const int64_t N = dout->shape[0], HW = dout->shape[2] * dout->shape[3];
+    const int64_t na = Ca * HW, nb = (dout->shape[1] - Ca) * HW;   // floats per image
+    const int par = dl_parallel_ok();
+    // per image: dout[n] = [a's block | b's block], two contiguous runs
+    #pragma omp parallel for schedule(static) if (par && N * (na + nb) >= 32768)
+    for (int64_t n = 0; n < N; n++) {
+        const float *g = dout->data + n * (na + nb);
+        if (da) { float *d = da->data + n * na; for (int64_t i = 0; i < na; i++) d[i] += g[i]; }
+        if (db) { float *d = db->data + n * nb; for (int64_t i = 0; i < nb; i++) d[i] += g[na + i]; }
+    }
+    return DL_OK;
+}

@@ -31,4 +31,26 @@ dl_status avg_pool2d_forward(dl_tensor *out, const dl_tensor *x, int kernel, int
 dl_status concat_channels_forward_ref(dl_tensor *out, const dl_tensor *a, const dl_tensor *b);
 dl_status concat_channels_forward(dl_tensor *out, const dl_tensor *a, const dl_tensor *b);
 
+/* ------------------------------------------------------------------ */
+/* Backward (training). dout has the forward output's shape; the gradients
+ * have the inputs' shapes, ACCUMULATE (+=), may be NULL (skipped) and must
+ * not overlap dout.
+ *
+ *   upsample_nearest2x_backward  dx[n, c, h, w] += sum of the 2x2 block
+ *                                dout[n, c, 2h..2h+1, 2w..2w+1] it was copied to
+ *   avg_pool2d_backward          every window spreads dout / (kernel*kernel)
+ *                                evenly over its pixels (overlapping windows add;
+ *                                pixels no window covers get nothing)
+ *   concat_channels_backward     da += dout[:, :Ca], db += dout[:, Ca:]  (Ca from da,
+ *                                or C - Cb when only db is given)
+ */
+dl_status upsample_nearest2x_backward_ref(dl_tensor *dx, const dl_tensor *dout);
+dl_status upsample_nearest2x_backward(dl_tensor *dx, const dl_tensor *dout);
+
+dl_status avg_pool2d_backward_ref(dl_tensor *dx, const dl_tensor *dout, int kernel, int stride);
+dl_status avg_pool2d_backward(dl_tensor *dx, const dl_tensor *dout, int kernel, int stride);
+
+dl_status concat_channels_backward_ref(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
+dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
+
 #endif

@@ -1,0 +1,166 @@
+/* test_grad_norm.c - group_norm_backward and layer_norm_backward:
+ * finite-difference check of the references (dx, dweight, dbias) on small
+ * shapes (sizes 1, 3, 7; 2- to 4-d inputs; one group, one channel per
+ * group; no weight), fast vs reference on bigger random shapes (incl. the
+ * threaded ones), += and NULL semantics (gradcheck.h), errors.
+ *
+ * Error level: the normalisation is smooth but not linear, so the step
+ * trades truncation (h^2 f'''/6, largest for groups of very few values)
+ * against float32 rounding / 2h. Measured with h = 3e-3 on inputs of O(1):
+ * |numeric - analytic| <= 3.6e-3 for gradients ~13 in groups of 3 values,
+ * <= 2.6e-4 everywhere else; atol 1e-3 + rtol 1e-2 leaves > 10x margin
+ * (worst err/tol 0.08). Dropping either mean term of dx (or using the
+ * variance instead of rstd) gives errors of O(0.1 .. 1). */
+#include "testing.h"
+#include "gradcheck.h"
+#include "../core/norm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct { dl_tensor x, w, b, y; int groups, affine; float eps; } norm_case;
+
+static dl_status gn_forward(gc_op *op)
+{
+    norm_case *c = op->ctx;
+    return group_norm_forward_ref(&c->y, &c->x, c->affine ? &c->w : NULL, c->affine ? &c->b : NULL,
+                                  c->groups, c->eps);
+}
+
+static dl_status gn_backward(gc_op *op, int fast, dl_tensor *g[], const dl_tensor *dout)
+{
+    norm_case *c = op->ctx;
+    return (fast ? group_norm_backward : group_norm_backward_ref)(g[0], c->affine ? g[1] : NULL,
+                                                                  c->affine ? g[2] : NULL, dout, &c->x,
+                                                                  c->affine ? &c->w : NULL, c->groups, c->eps);
+}
+
+static dl_status ln_forward(gc_op *op)
+{
+    norm_case *c = op->ctx;
+    return layer_norm_forward_ref(&c->y, &c->x, c->affine ? &c->w : NULL, c->affine ? &c->b : NULL, c->eps);
+}
+
+static dl_status ln_backward(gc_op *op, int fast, dl_tensor *g[], const dl_tensor *dout)
+{
+    norm_case *c = op->ctx;
+    return (fast ? layer_norm_backward : layer_norm_backward_ref)(g[0], c->affine ? g[1] : NULL,
+                                                                  c->affine ? g[2] : NULL, dout, &c->x,
+                                                                  c->affine ? &c->w : NULL, c->eps);
+}
+
+static const gc_tol NORM_TOL = {.h = 3e-3, .atol = 1e-3, .rtol = 1e-2, .fast_rtol = 2e-5};
+
+/* layer_norm when groups == 0, else group_norm; C is x's channel dim (dim 1
+ * for group_norm, the last for layer_norm). affine = 0: no weight / bias,
+ * then only dx is checked. */
+static void norm_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int groups, int affine, int mode)
+{
+    norm_case c = {.groups = groups, .affine = affine, .eps = 1e-5f};
+    const int64_t C = groups ? shape[1] : shape[ndim - 1];
+    if (!dl_test_rand_tensor(&c.x, r, ndim, shape) || !dl_test_rand_tensor(&c.y, r, ndim, shape) ||
+        !dl_test_rand_tensor(&c.w, r, 1, DL_SHAPE(C)) || !dl_test_rand_tensor(&c.b, r, 1, DL_SHAPE(C)))
+        return;
+    for (int64_t i = 0; i < C; i++) c.w.data[i] += 1.5f;       // weights around 1.5, away from 0
+    gc_op op = {.ninputs = affine ? 3 : 1, .inputs = {&c.x, &c.w, &c.b}, .names = {"dx", "dweight", "dbias"},
+                .out = &c.y, .forward = groups ? gn_forward : ln_forward,
+                .backward = groups ? gn_backward : ln_backward, .ctx = &c};
+    char sh[64];
+    if (groups)
+        snprintf(op.label, sizeof op.label, "group_norm_backward x %s groups %d%s",
+                 dl_shape_str(&c.x, sh, sizeof sh), groups, affine ? "" : " no affine");
+    else
+        snprintf(op.label, sizeof op.label, "layer_norm_backward x %s%s", dl_shape_str(&c.x, sh, sizeof sh),
+                 affine ? "" : " no affine");
+    gc_check_op(&op, r, NORM_TOL, mode);
+    dl_tensor_free(&c.x); dl_tensor_free(&c.y); dl_tensor_free(&c.w); dl_tensor_free(&c.b);
+}
+
+TEST(group_norm_backward, gradcheck_ref)
+{
+    dl_test_rng r = {0x6e0a11u};
+    norm_case_run(&r, 4, DL_SHAPE(2, 6, 3, 3), 3, 1, GC_NUMERIC);   // 2 channels per group
+    norm_case_run(&r, 4, DL_SHAPE(1, 3, 7, 1), 1, 1, GC_NUMERIC);   // one group
+    norm_case_run(&r, 4, DL_SHAPE(2, 4, 1, 3), 4, 1, GC_NUMERIC);   // one channel per group, 3 values
+    norm_case_run(&r, 3, DL_SHAPE(3, 4, 5), 2, 1, GC_NUMERIC);      // [N, C, L]
+    norm_case_run(&r, 2, DL_SHAPE(3, 7), 7, 1, GC_NUMERIC);         // [N, C]: 1 value per group (xhat = 0)
+    norm_case_run(&r, 4, DL_SHAPE(2, 6, 2, 3), 2, 0, GC_NUMERIC);   // no weight / bias
+}
+
+TEST(group_norm_backward, fast_matches_reference)
+{
+    dl_test_rng r = {0x6e0a12u};
+    norm_case_run(&r, 4, DL_SHAPE(3, 8, 7, 9), 4, 1, GC_NO_NUMERIC);
+    norm_case_run(&r, 4, DL_SHAPE(2, 6, 13, 1), 3, 0, GC_NO_NUMERIC);
+    norm_case_run(&r, 3, DL_SHAPE(5, 9, 11), 9, 1, GC_NO_NUMERIC);
+    norm_case_run(&r, 4, DL_SHAPE(4, 32, 16, 16), 8, 1, GC_BIG);     // > 32768 values: threaded path
+}
+
+TEST(layer_norm_backward, gradcheck_ref)
+{
+    dl_test_rng r = {0x1a7e12u};
+    norm_case_run(&r, 2, DL_SHAPE(3, 7), 0, 1, GC_NUMERIC);
+    norm_case_run(&r, 3, DL_SHAPE(2, 3, 5), 0, 1, GC_NUMERIC);      // [B, L, C]
+    norm_case_run(&r, 1, DL_SHAPE(8), 0, 1, GC_NUMERIC);            // one row
+    norm_case_run(&r, 2, DL_SHAPE(4, 3), 0, 0, GC_NUMERIC);         // no weight / bias
+    norm_case_run(&r, 4, DL_SHAPE(1, 2, 1, 3), 0, 1, GC_NUMERIC);
+}
+
+TEST(layer_norm_backward, fast_matches_reference)
+{
+    dl_test_rng r = {0x1a7e13u};
+    norm_case_run(&r, 3, DL_SHAPE(3, 7, 13), 0, 1, GC_NO_NUMERIC);
+    norm_case_run(&r, 2, DL_SHAPE(9, 1), 0, 1, GC_NO_NUMERIC);      // C = 1: xhat = 0
+    norm_case_run(&r, 3, DL_SHAPE(2, 5, 33), 0, 0, GC_NO_NUMERIC);
+    norm_case_run(&r, 3, DL_SHAPE(8, 64, 96), 0, 1, GC_BIG);        // > 32768 values: per-thread sums
+}
+
+TEST(group_norm_backward, errors)
+{
+    dl_tensor x, w, dout, dout_bad, dx, dx_bad, dw, dw_bad;
+    dl_tensor_alloc(&x, 4, DL_SHAPE(2, 6, 4, 4));
+    dl_tensor_alloc(&w, 1, DL_SHAPE(6));
+    dl_tensor_alloc(&dout, 4, DL_SHAPE(2, 6, 4, 4));
+    dl_tensor_alloc(&dout_bad, 4, DL_SHAPE(2, 6, 4, 3));
+    dl_tensor_alloc(&dx, 4, DL_SHAPE(2, 6, 4, 4));
+    dl_tensor_alloc(&dx_bad, 4, DL_SHAPE(2, 6, 16, 1));
+    dl_tensor_alloc(&dw, 1, DL_SHAPE(6));
+    dl_tensor_alloc(&dw_bad, 1, DL_SHAPE(4));
+    for (int fast = 0; fast < 2; fast++) {
+        dl_status (*f)(dl_tensor *, dl_tensor *, dl_tensor *, const dl_tensor *, const dl_tensor *,
+                       const dl_tensor *, int, float) = fast ? group_norm_backward : group_norm_backward_ref;
+        CHECK(f(&dx, &dw, NULL, &dout, &x, &w, 3, 1e-5f) == DL_OK, "valid call: %s", dl_error_message());
+        EXPECT_FAIL(f(&dx, &dw, NULL, &dout_bad, &x, &w, 3, 1e-5f), DL_ERR_SHAPE, "group_norm", "wrong dout");
+        CHECK(strstr(dl_error_message(), "dout") != NULL, "message should name dout: %s", dl_error_message());
+        EXPECT_FAIL(f(&dx_bad, &dw, NULL, &dout, &x, &w, 3, 1e-5f), DL_ERR_SHAPE, "group_norm", "wrong dx");
+        EXPECT_FAIL(f(&dx, &dw_bad, NULL, &dout, &x, &w, 3, 1e-5f), DL_ERR_SHAPE, "group_norm", "wrong dweight");
+        EXPECT_FAIL(f(&dx, &dw, NULL, &dout, &x, &w, 4, 1e-5f), DL_ERR_ARG, "group_norm", "6 channels in 4 groups");
+        EXPECT_FAIL(f(&dx, &dw, NULL, &dout, &x, &w, 3, -1.0f), DL_ERR_ARG, "group_norm", "negative eps");
+        EXPECT_FAIL(f(&x, &dw, NULL, &dout, &x, &w, 3, 1e-5f), DL_ERR_ARG, "group_norm", "dx aliases x");
+        EXPECT_FAIL(f(&dx, &dw, NULL, &dout, NULL, &w, 3, 1e-5f), DL_ERR_ARG, "group_norm", "NULL x");
+    }
+    dl_tensor *all[] = {&x, &w, &dout, &dout_bad, &dx, &dx_bad, &dw, &dw_bad};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+TEST(layer_norm_backward, errors)
+{
+    dl_tensor x, w, dout, dout_bad, dx, db_bad;
+    dl_tensor_alloc(&x, 3, DL_SHAPE(2, 5, 8));
+    dl_tensor_alloc(&w, 1, DL_SHAPE(8));
+    dl_tensor_alloc(&dout, 3, DL_SHAPE(2, 5, 8));
+    dl_tensor_alloc(&dout_bad, 3, DL_SHAPE(2, 8, 5));
+    dl_tensor_alloc(&dx, 3, DL_SHAPE(2, 5, 8));
+    dl_tensor_alloc(&db_bad, 1, DL_SHAPE(5));
+    for (int fast = 0; fast < 2; fast++) {
+        dl_status (*f)(dl_tensor *, dl_tensor *, dl_tensor *, const dl_tensor *, const dl_tensor *,
+                       const dl_tensor *, float) = fast ? layer_norm_backward : layer_norm_backward_ref;
+        CHECK(f(&dx, NULL, NULL, &dout, &x, &w, 1e-5f) == DL_OK, "valid call: %s", dl_error_message());
+        EXPECT_FAIL(f(&dx, NULL, NULL, &dout_bad, &x, &w, 1e-5f), DL_ERR_SHAPE, "layer_norm", "wrong dout");
+        EXPECT_FAIL(f(&dx, NULL, &db_bad, &dout, &x, &w, 1e-5f), DL_ERR_SHAPE, "layer_norm", "wrong dbias");
+        EXPECT_FAIL(f(&dx, NULL, NULL, &dout, &x, &db_bad, 1e-5f), DL_ERR_SHAPE, "layer_norm", "wrong weight");
+        EXPECT_FAIL(f(&dx, NULL, NULL, &dx, &x, &w, 1e-5f), DL_ERR_ARG, "layer_norm", "dx aliases dout");
+    }
+    dl_tensor *all[] = {&x, &w, &dout, &dout_bad, &dx, &db_bad};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
