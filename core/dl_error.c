@@ -4,15 +4,21 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static _Thread_local char dl_message[1024];
 
 dl_status dl_fail(dl_status code, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers often wrap the previous
+     * message, dl_fail(s, "loading %s: %s", path, dl_error_message()),
+     * and vsnprintf must not read the buffer it writes. */
+    char tmp[sizeof dl_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dl_message, sizeof dl_message, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(dl_message, tmp, sizeof dl_message);
     return code;
 }
 
@@ -40,9 +46,11 @@ void dl_die(const char *hint)
 
 void dl_die_msg(const char *hint, const char *fmt, ...)
 {
+    char tmp[sizeof dl_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dl_message, sizeof dl_message, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(dl_message, tmp, sizeof dl_message);
     dl_die(hint);
 }

@@ -297,7 +297,7 @@ TEST(lesson03, ctrl_c_saves_and_exits)
     /* start a long run, wait for its first progress line, then send SIGINT */
     snprintf(cmd, sizeof cmd,
              ENV "%s/03_train --tiny --steps 1000000 --headless --out %s > %s/run.log 2>&1 & pid=$!; "
-             "for i in $(seq 600); do grep -q '^step ' %s/run.log && break; sleep 0.05; done; "
+             "for i in $(seq 1200); do grep -q '^step ' %s/run.log && break; sleep 0.1; done; "
              "kill -INT $pid; wait $pid; rc=$?; cat %s/run.log; exit $rc",
              dl_test_bin_dir(), dir, dir, dir, dir);
     int rc = dl_test_run(cmd);

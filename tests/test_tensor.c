@@ -38,3 +38,10 @@ TEST(tensor, arena_alignment_and_overflow)
     CHECK(dl_arena_tensor(&a, &z, 1, DL_SHAPE(900)) == DL_OK, "reset frees space");
     dl_arena_free(&a);
 }
+
+TEST(tensor, error_message_can_wrap_itself)
+{
+    dl_fail(DL_ERR_IO, "inner problem");
+    dl_fail(DL_ERR_FORMAT, "outer: %s", dl_error_message());
+    CHECK(!strcmp(dl_error_message(), "outer: inner problem"), "got '%s'", dl_error_message());
+}
