@@ -169,6 +169,7 @@ dl_status ddim_step(const dl_schedule *s, const dl_sampler_config *cfg, int t, i
     for (int64_t i = 0; i < n; i++) {
         float e = eps[i];
         float x0 = x0_from_eps(x_t[i], e, sb, sa, cfg->clip_sample, cfg->clip_sample_range);
+        if (cfg->use_clipped_model_output) e = (x_t[i] - sa * x0) / sb;
         float direction = dir_coef * e;
         float xp = sqrt_abar_prev * x0 + direction;
         if (x0_out) x0_out[i] = x0;

@@ -76,6 +76,9 @@ typedef struct {
     int   set_alpha_to_one;    /* DDIM: the final abar_prev is 1 (else abar[0])        */
     int   clip_sample;         /* clamp x0_hat to [-clip_sample_range, +range]        */
     float clip_sample_range;   /* 1.0                                                 */
+    int   use_clipped_model_output; /* DDIM: recompute eps from the clipped x0 so that
+                                  x_prev = sqrt(abar_prev) x0 + dir * eps stays
+                                  consistent (diffusers' step() argument, default 0) */
 } dl_sampler_config;
 
 /* diffusers' DDPM/DDIM class defaults EXCEPT clip_sample, which is off:

@@ -59,8 +59,16 @@ void toy_guided_free(toy_guided *g)
 
 toy_sample_opts toy_sample_opts_default(void)
 {
+    /* The toy U-Net works in pixel space, where every image lies in [-1, 1]:
+     * clamping the predicted x0 there (diffusers' DDPM/DDIM default,
+     * clip_sample=True) keeps the early, very noisy steps from overshooting,
+     * and DDIM then moves on with the noise that matches the clamped x0. */
+    dl_sampler_config config = dl_sampler_config_default();
+    config.clip_sample = 1;
+    config.clip_sample_range = 1.0f;
+    config.use_clipped_model_output = 1;
     return (toy_sample_opts){ .kind = DL_SAMPLER_DDIM, .steps = 50, .eta = 0.0f, .guidance = 3.0f,
-                              .config = dl_sampler_config_default() };
+                              .config = config };
 }
 
 dl_status toy_sample(toy_unet *net, const dl_schedule *sched, const toy_sample_opts *o,

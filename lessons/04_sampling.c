@@ -169,7 +169,7 @@ static void race_init(race *r, model *m, int ddpm_steps, int cls, float guidance
 {
     memset(r, 0, sizeof *r);
     r->m = m;
-    dl_sampler_config cfg = dl_sampler_config_default();   /* leading, offset 0, clip_sample OFF */
+    dl_sampler_config cfg = toy_sample_opts_default().config;   /* leading, offset 0, x0 clipped to [-1, 1] */
     int S = m->cfg.image_size, C = m->cfg.in_channels;
     const int64_t *shape = DL_SHAPE(1, C, S, S);
     if (dl_sampler_init(&r->s[RACE_DDPM], DL_SAMPLER_DDPM, &m->sched, &cfg, ddpm_steps, 0, 4, shape) != DL_OK ||

@@ -2,6 +2,7 @@
 #include "testing.h"
 #include "../core/tensor.h"
 
+#include <stdio.h>
 #include <string.h>
 
 TEST(tensor, alloc_shape_and_errors)
@@ -44,4 +45,18 @@ TEST(tensor, error_message_can_wrap_itself)
     dl_fail(DL_ERR_IO, "inner problem");
     dl_fail(DL_ERR_FORMAT, "outer: %s", dl_error_message());
     CHECK(!strcmp(dl_error_message(), "outer: inner problem"), "got '%s'", dl_error_message());
+}
+
+/* A program started without OMP_WAIT_POLICY restarts itself with
+ * OMP_WAIT_POLICY=passive (see the end of core/tensor.c); one set by the
+ * user is kept. */
+TEST(tensor, omp_wait_policy_is_passive)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "env -u OMP_WAIT_POLICY %s/run_tests --omp-wait-policy | grep -qx passive",
+             dl_test_bin_dir());
+    CHECK(dl_test_run(cmd) == 0, "run_tests started without OMP_WAIT_POLICY did not see 'passive'");
+    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=active %s/run_tests --omp-wait-policy | grep -qx active",
+             dl_test_bin_dir());
+    CHECK(dl_test_run(cmd) == 0, "a user's OMP_WAIT_POLICY=active was not kept");
 }

@@ -161,6 +161,11 @@ int main(int argc, char **argv)
                "then prints \"N passed, M failed\". Run from the repository root.\n");
         return 0;
     }
+    if (!strcmp(filter, "--omp-wait-policy")) {   /* for tensor/omp_wait_policy_is_passive */
+        const char *p = getenv("OMP_WAIT_POLICY");
+        printf("%s\n", p ? p : "(unset)");
+        return 0;
+    }
     if (!strcmp(filter, "--list")) {
         for (int i = 0; i < ntests; i++) printf("%s/%s\n", tests[i].group, tests[i].name);
         return 0;
