@@ -45,7 +45,7 @@
  *     from the torch-identical dl_rng (as diffusers' randn_tensor does);
  *   - init_noise_sigma is 1 for both: x_T = randn, unscaled, and the model
  *     sees x_t unscaled (no scale_model_input);
- *   - prediction_type "epsilon" only (v_prediction comes with issue 4).
+ *   - prediction_type "epsilon" only (v_prediction comes with the full scheduler library).
  */
 #ifndef DL_SAMPLING_H
 #define DL_SAMPLING_H
