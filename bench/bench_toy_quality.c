@@ -7,7 +7,7 @@
  * class k. Also the mean pairwise L2 distance within a class (diversity).
  *
  *     bin/bench_toy_quality [--checkpoint F] [--per-class 100] [--steps 50]
- *                           [--seed 0] [--threads N] [--quick]
+ *                           [--seed 0] [--guidance G] [--threads N] [--quick]
  */
 #include "bench_util.h"
 #include "../core/mnist_classifier.h"
@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const float guidances[] = {1.0f, 3.0f, 5.0f};
-#define NG ((int)(sizeof guidances / sizeof guidances[0]))
+static float guidances[] = {1.0f, 3.0f, 5.0f};
+static int num_guidances = 3;
 
 /* mean over pairs (i < j) of ||x_i - x_j|| / sqrt(dim) */
 static double mean_pairwise_distance(const float *x, int n, int dim)
@@ -55,6 +55,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--per-class") && i + 1 < argc) per_class = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--guidance") && i + 1 < argc) {   /* one scale instead of 1, 3, 5 */
+            guidances[0] = strtof(argv[++i], NULL);
+            num_guidances = 1;
+            if (!(guidances[0] >= 0 && guidances[0] <= 100)) dl_die_msg("e.g. --guidance 3", "bench_toy_quality: bad --guidance");
+        }
         else if (nrest < 15) rest[nrest++] = argv[i];
     }
     if (per_class < 2 || per_class > 10000) dl_die_msg("e.g. --per-class 100", "bench_toy_quality: bad --per-class");
@@ -64,7 +69,8 @@ int main(int argc, char **argv)
                "  --checkpoint F   toy U-Net checkpoint (default data/toy_mnist.safetensors)\n"
                "  --per-class N    samples per class (default 100)\n"
                "  --steps S        DDIM steps (default 50)\n"
-               "  --seed X         initial noise seed (default 0)");
+               "  --seed X         initial noise seed (default 0)\n"
+               "  --guidance G     only this guidance scale (default: 1, 3 and 5)");
     if (bench_quick()) per_class = per_class > 10 ? 10 : per_class;
 
     toy_unet *net;
@@ -91,7 +97,7 @@ int main(int argc, char **argv)
     printf("\njudged accuracy per class (%%):\n  g   ");
     for (int k = 0; k < 10; k++) printf("%6d", k);
     printf("    mean  diversity   time\n");
-    for (int gi = 0; gi < NG; gi++) {
+    for (int gi = 0; gi < num_guidances; gi++) {
         toy_sample_opts o = toy_sample_opts_default();
         o.kind = DL_SAMPLER_DDIM;
         o.steps = steps;

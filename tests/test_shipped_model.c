@@ -10,8 +10,8 @@
 #include "../core/toy_sample.h"
 #include "../core/train_toy.h"
 
-#define PER_CLASS 5
-#define MIN_CORRECT 40   /* of 50; the shipped model scores far above this (data/README.md) */
+#define PER_CLASS 4
+#define MIN_CORRECT 32   /* of 40; the shipped model scores far above this (data/README.md) */
 
 TEST(shipped_model, makes_the_requested_digits)
 {
@@ -27,7 +27,7 @@ TEST(shipped_model, makes_the_requested_digits)
         !CHECK(dl_tensor_alloc(&x, 4, DL_SHAPE(PER_CLASS, 1, 32, 32)) == DL_OK, "%s", dl_error_message()))
         goto done;
     toy_sample_opts o = toy_sample_opts_default();
-    o.steps = 25;
+    o.steps = 15;
     int correct = 0, labels[PER_CLASS], pred[PER_CLASS];
     for (int k = 0; k < 10; k++) {
         dl_rng rng;
@@ -38,7 +38,7 @@ TEST(shipped_model, makes_the_requested_digits)
             goto done;
         for (int i = 0; i < PER_CLASS; i++) correct += pred[i] == k;
     }
-    printf("      judged correct: %d of %d (DDIM 25 steps, guidance 3)\n", correct, 10 * PER_CLASS);
+    printf("      judged correct: %d of %d (DDIM 15 steps, guidance 3)\n", correct, 10 * PER_CLASS);
     CHECK(correct >= MIN_CORRECT, "only %d of %d samples were read as the requested digit", correct,
           10 * PER_CLASS);
 done:

@@ -47,16 +47,16 @@ TEST(tensor, error_message_can_wrap_itself)
     CHECK(!strcmp(dl_error_message(), "outer: inner problem"), "got '%s'", dl_error_message());
 }
 
-/* A program started without OMP_WAIT_POLICY restarts itself with
- * OMP_WAIT_POLICY=passive (see the end of core/tensor.c); one set by the
- * user is kept. */
-TEST(tensor, omp_wait_policy_is_passive)
+/* A program started without OMP_WAIT_POLICY or GOMP_SPINCOUNT restarts
+ * itself with GOMP_SPINCOUNT=20000 (see the end of core/tensor.c); a choice
+ * made by the user is kept. */
+TEST(tensor, omp_short_spin_by_default)
 {
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "env -u OMP_WAIT_POLICY %s/run_tests --omp-wait-policy | grep -qx passive",
+    snprintf(cmd, sizeof cmd, "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT %s/run_tests --omp-env | grep -qx '(unset) 20000'",
              dl_test_bin_dir());
-    CHECK(dl_test_run(cmd) == 0, "run_tests started without OMP_WAIT_POLICY did not see 'passive'");
-    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=active %s/run_tests --omp-wait-policy | grep -qx active",
+    CHECK(dl_test_run(cmd) == 0, "run_tests started without OpenMP settings did not get GOMP_SPINCOUNT=20000");
+    snprintf(cmd, sizeof cmd, "env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=active %s/run_tests --omp-env | grep -qx 'active (unset)'",
              dl_test_bin_dir());
     CHECK(dl_test_run(cmd) == 0, "a user's OMP_WAIT_POLICY=active was not kept");
 }

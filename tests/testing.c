@@ -161,9 +161,9 @@ int main(int argc, char **argv)
                "then prints \"N passed, M failed\". Run from the repository root.\n");
         return 0;
     }
-    if (!strcmp(filter, "--omp-wait-policy")) {   /* for tensor/omp_wait_policy_is_passive */
-        const char *p = getenv("OMP_WAIT_POLICY");
-        printf("%s\n", p ? p : "(unset)");
+    if (!strcmp(filter, "--omp-env")) {   /* for tensor/omp_short_spin_by_default */
+        const char *p = getenv("OMP_WAIT_POLICY"), *c = getenv("GOMP_SPINCOUNT");
+        printf("%s %s\n", p ? p : "(unset)", c ? c : "(unset)");
         return 0;
     }
     if (!strcmp(filter, "--list")) {
