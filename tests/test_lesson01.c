@@ -169,26 +169,6 @@ TEST(lesson01, closed_form_equals_small_steps)
 
 /* ---- the program ---------------------------------------------------------- */
 
-static int log_contains(const char *needle)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return 0;
-    char buf[8192];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, needle) != NULL;
-}
-
-static void show_log(void)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return;
-    char line[512];
-    for (int i = 0; i < 15 && fgets(line, sizeof line, f); i++) printf("      | %s", line);
-    fclose(f);
-}
-
 /* Mean |horizontal neighbour difference| of the luma in columns [x0, x1). */
 static double roughness(const dl_image *img, int x0, int x1)
 {
@@ -213,8 +193,8 @@ TEST(lesson01, headless_writes_three_pictures)
     for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", dir, names[i]); remove(path); }
     snprintf(cmd, sizeof cmd, "%s/01_forward_noising --headless --out %s", dl_test_bin_dir(), dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
-    CHECK(log_contains("wrote"), "the program should say what it wrote");
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
+    CHECK(dl_test_log_contains("wrote"), "the program should say what it wrote");
     dl_image img[3] = {{0}};
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
@@ -249,8 +229,8 @@ TEST(lesson01, no_display_means_headless_and_seed_matters)
     snprintf(cmd, sizeof cmd, "env -u DISPLAY -u WAYLAND_DISPLAY -u SDL_VIDEODRIVER %s/01_forward_noising --out %s --seed 7 --digit-index 1",
              dl_test_bin_dir(), dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
-    CHECK(log_contains("no display"), "one line should say that it runs headless");
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
+    CHECK(dl_test_log_contains("no display"), "one line should say that it runs headless");
     /* another seed, another digit: the pictures differ from the default run */
     snprintf(a, sizeof a, "%s/01_strip_digit.png", dir);
     snprintf(b, sizeof b, "%s/01_strip_digit.png", dl_test_out_dir("lesson01"));
@@ -269,7 +249,7 @@ TEST(lesson01, help_and_bad_arguments)
     const char *bin = dl_test_bin_dir();
     snprintf(cmd, sizeof cmd, "%s/01_forward_noising --help", bin);
     CHECK(dl_test_run(cmd) == 0, "--help should exit 0");
-    CHECK(log_contains("--seed") && log_contains("--headless"), "--help lists the options");
+    CHECK(dl_test_log_contains("--seed") && dl_test_log_contains("--headless"), "--help lists the options");
 
     const struct { const char *args, *says; } bad[] = {
         {"--seed abc", "abc"},
@@ -285,8 +265,8 @@ TEST(lesson01, help_and_bad_arguments)
         snprintf(cmd, sizeof cmd, "%s/01_forward_noising --headless %s", bin, bad[i].args);
         int rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "'%s' should fail cleanly, exit status %d", bad[i].args, rc);
-        if (!CHECK(log_contains(bad[i].says) && log_contains("error"), "'%s': the message should mention '%s'",
+        if (!CHECK(dl_test_log_contains(bad[i].says) && dl_test_log_contains("error"), "'%s': the message should mention '%s'",
                    bad[i].args, bad[i].says))
-            show_log();
+            dl_test_show_log();
     }
 }

@@ -180,26 +180,6 @@ TEST(lesson02, one_token_cross_attention)
 
 /* ---- the program ---------------------------------------------------------- */
 
-static int log_contains(const char *needle)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return 0;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, needle) != NULL;
-}
-
-static void show_log(void)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return;
-    char line[512];
-    for (int i = 0; i < 20 && fgets(line, sizeof line, f); i++) printf("      | %s", line);
-    fclose(f);
-}
-
 TEST(lesson02, headless_checks_pass_and_writes_pictures)
 {
     char dir[512];
@@ -210,11 +190,11 @@ TEST(lesson02, headless_checks_pass_and_writes_pictures)
     for (int i = 0; i < 4; i++) { snprintf(path, sizeof path, "%s/%s", dir, names[i]); remove(path); }
     snprintf(cmd, sizeof cmd, "%s/02_unet_blocks --headless --out %s", dl_test_bin_dir(), dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
-    CHECK(log_contains("all checks against PyTorch passed") && !log_contains("MISMATCH"), "checks against PyTorch");
-    CHECK(log_contains("up_blocks.2.resnets.1 input [h, skip]") && log_contains("mid_block.attentions.0"),
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
+    CHECK(dl_test_log_contains("all checks against PyTorch passed") && !dl_test_log_contains("MISMATCH"), "checks against PyTorch");
+    CHECK(dl_test_log_contains("up_blocks.2.resnets.1 input [h, skip]") && dl_test_log_contains("mid_block.attentions.0"),
           "the shape table shows every block and the concatenated skips");
-    CHECK(log_contains("total: "), "the parameter count is printed");
+    CHECK(dl_test_log_contains("total: "), "the parameter count is printed");
     for (int i = 0; i < 4; i++) {
         dl_image img = {0};
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
@@ -237,7 +217,7 @@ TEST(lesson02, help_and_bad_arguments)
     const char *bin = dl_test_bin_dir();
     snprintf(cmd, sizeof cmd, "%s/02_unet_blocks --help", bin);
     CHECK(dl_test_run(cmd) == 0, "--help should exit 0");
-    CHECK(log_contains("--checkpoint") && log_contains("--headless"), "--help lists the options");
+    CHECK(dl_test_log_contains("--checkpoint") && dl_test_log_contains("--headless"), "--help lists the options");
     const struct { const char *args, *says; } bad[] = {
         {"--t 1000", "1000"},
         {"--digit-index -1", "-1"},
@@ -248,8 +228,8 @@ TEST(lesson02, help_and_bad_arguments)
         snprintf(cmd, sizeof cmd, "%s/02_unet_blocks --headless --out %s %s", bin, dl_test_out_dir("lesson02/bad"), bad[i].args);
         int rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "'%s' should fail cleanly, exit status %d", bad[i].args, rc);
-        if (!CHECK(log_contains(bad[i].says) && log_contains("error"), "'%s': the message should mention '%s'",
+        if (!CHECK(dl_test_log_contains(bad[i].says) && dl_test_log_contains("error"), "'%s': the message should mention '%s'",
                    bad[i].args, bad[i].says))
-            show_log();
+            dl_test_show_log();
     }
 }

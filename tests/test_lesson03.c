@@ -114,31 +114,6 @@ TEST(lesson03, exercise_label_dropout)
 
 /* ---- the program ------------------------------------------------------------ */
 
-static char *read_log(void)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return NULL;
-    char *buf = calloc(1, 65536);
-    if (buf) fread(buf, 1, 65535, f);
-    fclose(f);
-    return buf;
-}
-
-static int log_contains(const char *needle)
-{
-    char *log = read_log();
-    int yes = log && strstr(log, needle) != NULL;
-    free(log);
-    return yes;
-}
-
-static void show_log(void)
-{
-    char *log = read_log();
-    if (log) printf("      | %.3000s\n", log);
-    free(log);
-}
-
 static int64_t checkpoint_step(const char *path)
 {
     dl_safetensors f;
@@ -153,7 +128,7 @@ static int64_t checkpoint_step(const char *path)
 static void loss_trend(double *first, double *last_smoothed)
 {
     *first = *last_smoothed = NAN;
-    char *log = read_log();
+    char *log = dl_test_read_log();
     if (!log) return;
     for (char *p = log; (p = strstr(p, "step ")) != NULL; p++) {
         char *l = strstr(p, " loss "), *sm = strstr(p, "(smoothed ");
@@ -175,8 +150,8 @@ TEST(lesson03, tiny_run_writes_outputs_and_resumes)
     snprintf(cmd, sizeof cmd, ENV "%s/03_train --tiny --steps 20 --sample-every 10 --checkpoint-every 10 --seed 1 --headless --out %s",
              dl_test_bin_dir(), dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { show_log(); return; }
-    CHECK(log_contains("step 20/20") && log_contains("step/s") && log_contains("ETA"), "progress line with step/N, step/s, ETA");
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { dl_test_show_log(); return; }
+    CHECK(dl_test_log_contains("step 20/20") && dl_test_log_contains("step/s") && dl_test_log_contains("ETA"), "progress line with step/N, step/s, ETA");
     for (size_t i = 0; i < 5; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         CHECK(dl_test_file_ok(path), "%s was not written", path);
@@ -205,14 +180,14 @@ TEST(lesson03, tiny_run_writes_outputs_and_resumes)
     snprintf(cmd, sizeof cmd, ENV "%s/03_train --resume %s/checkpoint.safetensors --tiny --steps 25 --headless --out %s",
              dl_test_bin_dir(), dir, dir);
     rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
-    CHECK(log_contains("resumed") && log_contains("step 25/25"), "resume should say so and reach step 25");
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
+    CHECK(dl_test_log_contains("resumed") && dl_test_log_contains("step 25/25"), "resume should say so and reach step 25");
     CHECK(checkpoint_step(path) == 25, "after resuming: checkpoint step %lld, want 25", (long long)checkpoint_step(path));
     /* asking for fewer steps than the checkpoint has is an error */
     snprintf(cmd, sizeof cmd, ENV "%s/03_train --resume %s/checkpoint.safetensors --steps 10 --headless --out %s",
              dl_test_bin_dir(), dir, dir);
     rc = dl_test_run(cmd);
-    CHECK(rc != 0 && rc < 128 && log_contains("already at step 25"), "--steps below the checkpoint's step: rc %d", rc);
+    CHECK(rc != 0 && rc < 128 && dl_test_log_contains("already at step 25"), "--steps below the checkpoint's step: rc %d", rc);
 }
 
 TEST(lesson03, resume_missing_or_corrupt_checkpoint)
@@ -224,7 +199,7 @@ TEST(lesson03, resume_missing_or_corrupt_checkpoint)
     snprintf(cmd, sizeof cmd, ENV "%s/03_train --tiny --headless --out %s --resume %s/no_such.safetensors", bin, dir, dir);
     int rc = dl_test_run(cmd);
     CHECK(rc != 0 && rc < 128, "a missing --resume file should fail cleanly (rc %d)", rc);
-    if (!CHECK(log_contains("no_such.safetensors") && log_contains("error"), "the message names the missing file")) show_log();
+    if (!CHECK(dl_test_log_contains("no_such.safetensors") && dl_test_log_contains("error"), "the message names the missing file")) dl_test_show_log();
     /* corrupt: a few bytes of garbage */
     snprintf(bad, sizeof bad, "%s/corrupt.safetensors", dir);
     FILE *f = fopen(bad, "wb");
@@ -232,7 +207,7 @@ TEST(lesson03, resume_missing_or_corrupt_checkpoint)
     snprintf(cmd, sizeof cmd, ENV "%s/03_train --tiny --headless --out %s --resume %s", bin, dir, bad);
     rc = dl_test_run(cmd);
     CHECK(rc != 0 && rc < 128, "a corrupt --resume file should fail cleanly (rc %d)", rc);
-    if (!CHECK(log_contains("corrupt.safetensors") && log_contains("error"), "the message names the corrupt file")) show_log();
+    if (!CHECK(dl_test_log_contains("corrupt.safetensors") && dl_test_log_contains("error"), "the message names the corrupt file")) dl_test_show_log();
     /* truncated: the first half of a real checkpoint (a small one saved here) */
     dl_param_list params = {0};
     dl_param *w;
@@ -250,12 +225,12 @@ TEST(lesson03, resume_missing_or_corrupt_checkpoint)
         snprintf(cmd, sizeof cmd, ENV "%s/03_train --tiny --headless --out %s --resume %s", bin, dir, bad);
         rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "a truncated --resume file should fail cleanly (rc %d)", rc);
-        if (!CHECK(log_contains("truncated.safetensors"), "the message names the truncated file")) show_log();
+        if (!CHECK(dl_test_log_contains("truncated.safetensors"), "the message names the truncated file")) dl_test_show_log();
         /* whole but not a toy U-Net: wrong architecture or missing config */
         snprintf(cmd, sizeof cmd, ENV "%s/03_train --tiny --headless --out %s --resume %s", bin, dir, good);
         rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "a checkpoint of another model should fail cleanly (rc %d)", rc);
-        if (!CHECK(log_contains("whole.safetensors"), "the message names the file")) show_log();
+        if (!CHECK(dl_test_log_contains("whole.safetensors"), "the message names the file")) dl_test_show_log();
     }
     dl_params_free(&params);
 }
@@ -266,7 +241,7 @@ TEST(lesson03, help_and_bad_arguments)
     const char *bin = dl_test_bin_dir();
     snprintf(cmd, sizeof cmd, "%s/03_train --help", bin);
     CHECK(dl_test_run(cmd) == 0, "--help should exit 0");
-    CHECK(log_contains("--dataset") && log_contains("--minutes") && log_contains("--resume") && log_contains("--tiny"),
+    CHECK(dl_test_log_contains("--dataset") && dl_test_log_contains("--minutes") && dl_test_log_contains("--resume") && dl_test_log_contains("--tiny"),
           "--help lists the options");
     const struct { const char *args, *says; } bad[] = {
         {"--dataset cifar", "cifar"},
@@ -282,9 +257,9 @@ TEST(lesson03, help_and_bad_arguments)
         snprintf(cmd, sizeof cmd, "%s/03_train --tiny --headless --out build/test_out/lesson03/bad %s", bin, bad[i].args);
         int rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "'%s' should fail cleanly, exit status %d", bad[i].args, rc);
-        if (!CHECK(log_contains(bad[i].says) && log_contains("error"), "'%s': the message should mention '%s'",
+        if (!CHECK(dl_test_log_contains(bad[i].says) && dl_test_log_contains("error"), "'%s': the message should mention '%s'",
                    bad[i].args, bad[i].says))
-            show_log();
+            dl_test_show_log();
     }
 }
 
@@ -301,7 +276,7 @@ TEST(lesson03, ctrl_c_saves_and_exits)
              "kill -INT $pid; wait $pid; rc=$?; cat %s/run.log; exit $rc",
              dl_test_bin_dir(), dir, dir, dir, dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "after Ctrl-C the program should save and exit 0, got %d", rc)) show_log();
-    CHECK(log_contains("interrupted at step") && log_contains("--resume"), "it should say how to resume");
+    if (!CHECK(rc == 0, "after Ctrl-C the program should save and exit 0, got %d", rc)) dl_test_show_log();
+    CHECK(dl_test_log_contains("interrupted at step") && dl_test_log_contains("--resume"), "it should say how to resume");
     CHECK(dl_test_file_ok(path) && checkpoint_step(path) > 0, "Ctrl-C should leave a checkpoint (%s)", path);
 }

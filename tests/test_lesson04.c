@@ -180,31 +180,6 @@ TEST(lesson04, toy_sample_chunks_are_independent)
     dl_set_threads(threads);
 }
 
-static char *read_log(void)
-{
-    FILE *f = fopen("build/test_out/last_cmd.log", "r");
-    if (!f) return NULL;
-    char *buf = calloc(1, 65536);
-    if (buf) fread(buf, 1, 65535, f);
-    fclose(f);
-    return buf;
-}
-
-static int log_contains(const char *needle)
-{
-    char *log = read_log();
-    int yes = log && strstr(log, needle) != NULL;
-    free(log);
-    return yes;
-}
-
-static void show_log(void)
-{
-    char *log = read_log();
-    if (log) printf("      | %.3000s\n", log);
-    free(log);
-}
-
 static int same_png(const char *a, const char *b)
 {
     dl_image x = {0}, y = {0};
@@ -227,7 +202,7 @@ TEST(lesson04, scripted_sampling_writes_one_png_per_sample)
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --class 3 --count 3 --guidance 3 --scheduler ddim "
              "--steps 5 --seed 7 --out %s --headless", dl_test_bin_dir(), ema, dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { show_log(); return; }
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { dl_test_show_log(); return; }
     for (int i = 0; i < 3; i++) {
         dl_image img = {0};
         snprintf(path, sizeof path, "%s/class3_%d.png", dir, i);
@@ -245,7 +220,7 @@ TEST(lesson04, scripted_sampling_writes_one_png_per_sample)
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --class 3 --count 3 --steps 5 --seed 7 --out %s --headless",
              dl_test_bin_dir(), full, other);
     rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
     snprintf(path, sizeof path, "%s/class3_1.png", dir);
     snprintf(other, sizeof other, "%s/again/class3_1.png", dir);
     CHECK(same_png(path, other), "same seed, same weights: %s and %s differ", path, other);
@@ -260,7 +235,7 @@ TEST(lesson04, scripted_sampling_writes_one_png_per_sample)
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --class 0 --count 2 --guidance 1 --scheduler ddpm "
              "--steps 10 --out %s --headless", dl_test_bin_dir(), ema, dir);
     rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) show_log();
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) dl_test_show_log();
     snprintf(path, sizeof path, "%s/class0_1.png", dir);
     CHECK(dl_test_file_ok(path), "%s missing", path);
 }
@@ -279,7 +254,7 @@ TEST(lesson04, headless_figures)
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --count 2 --steps 5 --ddpm-steps 200 --out %s --headless",
              dl_test_bin_dir(), ema, dir);
     int rc = dl_test_run(cmd);
-    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { show_log(); return; }
+    if (!CHECK(rc == 0, "'%s' exited with %d", cmd, rc)) { dl_test_show_log(); return; }
     for (int i = 0; i < 2; i++) {
         dl_image img = {0};
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
@@ -299,7 +274,7 @@ TEST(lesson04, help_and_bad_arguments)
     const char *bin = dl_test_bin_dir();
     snprintf(cmd, sizeof cmd, "%s/04_sampling --help", bin);
     CHECK(dl_test_run(cmd) == 0, "--help should exit 0");
-    CHECK(log_contains("--checkpoint") && log_contains("--guidance") && log_contains("--scheduler"), "--help lists the options");
+    CHECK(dl_test_log_contains("--checkpoint") && dl_test_log_contains("--guidance") && dl_test_log_contains("--scheduler"), "--help lists the options");
     const struct { const char *args, *says; } bad[] = {
         {"--class 10", "--class 10"},            /* the model has classes 0..9 */
         {"--class -1", "-1"},
@@ -316,25 +291,25 @@ TEST(lesson04, help_and_bad_arguments)
         snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --headless --out %s %s", bin, ema, dir, bad[i].args);
         int rc = dl_test_run(cmd);
         CHECK(rc != 0 && rc < 128, "'%s' should fail cleanly, exit status %d", bad[i].args, rc);
-        if (!CHECK(log_contains(bad[i].says) && log_contains("error"), "'%s': the message should mention '%s'",
+        if (!CHECK(dl_test_log_contains(bad[i].says) && dl_test_log_contains("error"), "'%s': the message should mention '%s'",
                    bad[i].args, bad[i].says))
-            show_log();
+            dl_test_show_log();
     }
     /* missing and corrupt checkpoints */
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s/none.safetensors --class 1 --headless --out %s", bin, dir, dir);
     int rc = dl_test_run(cmd);
-    CHECK(rc != 0 && rc < 128 && log_contains("none.safetensors"), "a missing checkpoint: rc %d", rc);
+    CHECK(rc != 0 && rc < 128 && dl_test_log_contains("none.safetensors"), "a missing checkpoint: rc %d", rc);
     char corrupt[800];
     snprintf(corrupt, sizeof corrupt, "%s/corrupt.safetensors", dir);
     FILE *f = fopen(corrupt, "wb");
     if (f) { fputs("garbage, not safetensors", f); fclose(f); }
     snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --class 1 --headless --out %s", bin, corrupt, dir);
     rc = dl_test_run(cmd);
-    CHECK(rc != 0 && rc < 128 && log_contains("corrupt.safetensors"), "a corrupt checkpoint: rc %d", rc);
+    CHECK(rc != 0 && rc < 128 && dl_test_log_contains("corrupt.safetensors"), "a corrupt checkpoint: rc %d", rc);
     /* no shipped checkpoint: the message says how to make one */
     if (access("data/toy_mnist.safetensors", F_OK) != 0) {
         snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --class 1 --headless --out %s", bin, dir);
         rc = dl_test_run(cmd);
-        CHECK(rc != 0 && rc < 128 && log_contains("bin/03_train"), "no default checkpoint: should explain bin/03_train (rc %d)", rc);
+        CHECK(rc != 0 && rc < 128 && dl_test_log_contains("bin/03_train"), "no default checkpoint: should explain bin/03_train (rc %d)", rc);
     }
 }

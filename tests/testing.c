@@ -132,6 +132,36 @@ int dl_test_run(const char *cmd)
     return 128 + (WIFSIGNALED(rc) ? WTERMSIG(rc) : 0);
 }
 
+char *dl_test_read_log(void)
+{
+    FILE *f = fopen("build/test_out/last_cmd.log", "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = malloc(cap + 1);
+    while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) { char *b = realloc(buf, 2 * cap + 1); if (!b) break; buf = b; cap *= 2; }
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    return buf;
+}
+
+int dl_test_log_contains(const char *needle)
+{
+    char *log = dl_test_read_log();
+    int yes = log && strstr(log, needle) != NULL;
+    free(log);
+    return yes;
+}
+
+void dl_test_show_log(void)
+{
+    char *log = dl_test_read_log();
+    if (log) printf("      | %.3000s\n", log);
+    free(log);
+}
+
 int dl_test_file_ok(const char *path)
 {
     struct stat st;

@@ -79,6 +79,12 @@ const char *dl_test_out_dir(const char *sub);
 /* Run a shell command, return its exit status (or -1); output goes to
  * build/test_out/last_cmd.log and is shown on failure by the caller. */
 int dl_test_run(const char *cmd);
+/* The whole output of the last dl_test_run, NUL-terminated; free() it. NULL if none. */
+char *dl_test_read_log(void);
+/* Does the output of the last dl_test_run contain `needle`? */
+int dl_test_log_contains(const char *needle);
+/* Print the output of the last dl_test_run (the first 3000 characters). */
+void dl_test_show_log(void);
 /* Does this file exist and is it non-empty? */
 int dl_test_file_ok(const char *path);
 
