@@ -15,7 +15,11 @@
  *     dcol[K, pixels]     = weight[Cout, K]^T x dout[Cout, pixels]   (then col2im)
  * so the ceiling is the time cblas_sgemm needs for these two shapes
  * (measured here, plain NoTrans x NoTrans), and the ratio is that time over
- * ours. The forward on the same shapes is printed next to it.
+ * ours. The forward on the same shapes is printed next to it. Each toy shape
+ * runs twice: through the direct kernel that conv2d picks for small channel
+ * counts, and through im2col + sgemm (conv2d_use_direct(0)); a ratio above
+ * 100% means the direct kernel beats what sgemm alone would need for the
+ * equivalent GEMMs (its GEMMs have only 16-128 rows and run at half speed).
  */
 #include "bench_util.h"
 #include "../core/conv2d.h"
@@ -191,14 +195,19 @@ int main(int argc, char **argv)
            "[2,4096,320] -> 1280", gflop, t * 1e3, gflop / t, M, N, K, peak, 100.0 * gflop / t / peak);
     dl_tensor_free(&c.x); dl_tensor_free(&c.w); dl_tensor_free(&c.b); dl_tensor_free(&c.y);
 
-    // the toy U-Net (batch 64): forward and backward of its 3x3 convs
-    printf("\ntoy U-Net 3x3 convs, batch 64: forward, then backward (dx + dweight + dbias; GFLOP = the two GEMMs)\n");
-    static const int toy[][2] = {{32, 32}, {64, 16}, {128, 8}};       // channels, size
+    // the toy U-Net (batch 64): forward and backward of its 3x3 convs, by the
+    // direct kernel (conv2d_direct.h) and by im2col + sgemm, side by side
+    printf("\ntoy U-Net 3x3 convs, batch 64: forward, then backward (dx + dweight + dbias; GFLOP = the two GEMMs)\n"
+           "direct = the small-channel direct kernel, im2col = the same call with conv2d_use_direct(0)\n");
+    static const int toy[][2] = {{16, 32}, {32, 32}, {32, 16}, {64, 16}, {64, 8}, {128, 8}};   // channels, size
     const int nb = bench_quick() ? 8 : 64;
-    for (int i = 0; i < 3; i++) {
-        conv_row("conv2d", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1, 0, 1);
-        conv_backward_row("conv2d_bwd", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1);
-    }
+    for (int i = 0; i < (int)(sizeof toy / sizeof toy[0]); i++)
+        for (int direct = 1; direct >= 0; direct--) {
+            conv2d_use_direct(direct);
+            conv_row(direct ? "direct" : "im2col", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1, 0, 1);
+            conv_backward_row(direct ? "direct_bwd" : "im2col_bwd", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1);
+        }
+    conv2d_use_direct(1);
     conv_backward_row("conv2d_bwd", nb, 32, 32, 32, 32, 3, 2, 1);          // Downsample2D
     return 0;
 }

@@ -1,5 +1,6 @@
 /* conv2d.c - see conv2d.h */
 #include "conv2d.h"
+#include "conv2d_direct.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -8,6 +9,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+static int g_direct_enabled = 1;
+void conv2d_use_direct(int on) { g_direct_enabled = on != 0; }
+int  conv2d_direct_enabled(void) { return g_direct_enabled; }
 
 int conv2d_out_size(int in, int kernel, int stride, int padding)
 {
@@ -171,6 +176,8 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
         conv1x1(out->data, x->data, weight->data, b, &g, par);
         return DL_OK;
     }
+    if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
+        return conv2d_direct_forward(out->data, x->data, weight->data, b, g.N, g.Cin, g.H, g.W, g.Cout);
     const int K = g.Cin * g.KH * g.KW, HoWo = g.Ho * g.Wo;
 
     // Tile shape: as many columns as CONV2D_WORKSPACE_FLOATS allows, but at
@@ -477,6 +484,8 @@ dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, c
     if (dbias) conv_bias_grad(dbias->data, dout->data, &g, par);
     if (!dx && !dweight) return DL_OK;
     float *dxd = dx ? dx->data : NULL, *dwd = dweight ? dweight->data : NULL;
+    if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
+        return conv2d_direct_backward(dxd, dwd, dout->data, x->data, weight->data, g.N, g.Cin, g.H, g.W, g.Cout);
     const int K = g.Cin * g.KH * g.KW;
     const int is1x1 = g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0;
     int threads = dl_get_threads();

@@ -35,6 +35,15 @@ dl_status conv2d_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor
 dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
                          const dl_tensor *bias, int stride, int padding);
 
+/* Small channel counts (the toy U-Net: 16..128 channels, 3x3, stride 1,
+ * padding 1, width a multiple of the SIMD width) take a direct kernel
+ * instead of im2col + sgemm, forward and backward: see conv2d_direct.h.
+ * conv2d_use_direct(0) turns it off (tests compare both paths; a student can
+ * time one against the other). On by default; not thread-safe to toggle
+ * while convolutions run. */
+void conv2d_use_direct(int on);
+int  conv2d_direct_enabled(void);
+
 /* The fast version's scratch memory, malloc'ed and freed in each call: the
  * column matrix of one tile, K x cols floats with K = Cin*KH*KW and
  * cols = max(CONV2D_WORKSPACE_FLOATS / K, 256, one output row Wo); plus, when

@@ -4,6 +4,7 @@
  * paths of the fast version, and shape / argument errors. */
 #include "testing.h"
 #include "../core/conv2d.h"
+#include "../core/conv2d_direct.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -167,6 +168,7 @@ TEST(conv2d, downsample_stride2)
 TEST(conv2d, fast_tiled_paths)
 {
     dl_test_rng r = {0x7115u};
+    conv2d_use_direct(0);                    // the im2col + sgemm path even where the direct one applies
     // K = 64*9 = 576 -> ~7281 columns per tile; 97x97 = 9409 pixels -> 2 row tiles (49 + 48 rows)
     compare_case(&r, 1, 64, 97, 97, 4, 3, 3, 1, 1, 1);
     compare_case(&r, 2, 64, 97, 61, 3, 3, 3, 2, 1, 0);          // stride 2: out 49x31, one image per tile
@@ -174,6 +176,7 @@ TEST(conv2d, fast_tiled_paths)
     // 15x15 = 225 pixels -> 4 images per sgemm, so 5 = 4 + 1
     compare_case(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, 1);
     compare_case(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, 0);
+    conv2d_use_direct(1);
 }
 
 /* With OMP_WAIT_POLICY=passive the fast version fills its buffers with
@@ -235,4 +238,32 @@ TEST(conv2d, errors)
     EXPECT_FAIL(conv2d_forward(&xs, &xs, &ws, NULL, 1, 1), DL_ERR_ARG, "conv2d", "out == x");
     dl_tensor *all[] = {&x, &w, &w_cin, &b, &b_bad, &y, &y_bad, &y_s2, &x3, &w9, &y1, &xs, &ws};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+/* The direct 3x3 kernel (conv2d_direct.h): widths of 1, 2 and 3 SIMD vectors
+ * per row (16, 32, 48 are multiples of both 8 and 16), row counts that leave
+ * a partial last tile of vectors, channel counts that leave a partial last
+ * block of output channels, a single input channel, with and without bias.
+ * Each case must really take the direct path, and the same cases through
+ * im2col + sgemm must agree as well. */
+TEST(conv2d, direct_3x3_paths)
+{
+    static const int cases[][5] = {   /* n, cin, h, w, cout */
+        {3, 5, 16, 16, 7}, {2, 3, 32, 32, 4}, {1, 1, 5, 32, 1}, {2, 6, 3, 48, 5},
+        {4, 16, 16, 16, 16}, {1, 9, 7, 16, 11}, {2, 128, 4, 16, 6},
+    };
+    dl_test_rng r = {0xd12ec7u};
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        const int *c = cases[i];
+        CHECK(conv2d_direct_applies(c[0], c[1], c[2], c[3], c[4], 3, 3, 1, 1),
+              "case %d: [%d,%d,%d,%d] -> %d should take the direct kernel", i, c[0], c[1], c[2], c[3], c[4]);
+        for (int direct = 1; direct >= 0; direct--) {
+            conv2d_use_direct(direct);
+            compare_case(&r, c[0], c[1], c[2], c[3], c[4], 3, 3, 1, 1, i % 2);
+        }
+    }
+    conv2d_use_direct(1);
+    CHECK(!conv2d_direct_applies(2, 8, 16, 16, 8, 3, 3, 2, 1), "stride 2 is not direct");
+    CHECK(!conv2d_direct_applies(2, 8, 16, 17, 8, 3, 3, 1, 1), "width 17 is not direct");
+    CHECK(!conv2d_direct_applies(2, 320, 64, 64, 320, 3, 3, 1, 1), "SD-sized channels stay on sgemm");
 }

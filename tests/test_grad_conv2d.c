@@ -13,6 +13,7 @@
 #include "testing.h"
 #include "gradcheck.h"
 #include "../core/conv2d.h"
+#include "../core/conv2d_direct.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,7 @@ TEST(conv2d_backward, fast_matches_reference_random)
  * and CONV2D_MIN_TILE_COLS (256) as in test_conv2d.c. */
 TEST(conv2d_backward, fast_paths)
 {
+    conv2d_use_direct(0);   // im2col + sgemm paths (the direct kernel has its own test)
     dl_test_rng r = {0x7a75u};
     conv_case_run(&r, 3, 7, 5, 9, 6, 1, 1, 1, 0, GC_BIG);      // 1x1 shortcut
     conv_case_run(&r, 2, 7, 5, 9, 6, 1, 1, 2, 0, GC_BIG);      // 1x1 stride 2: general path
@@ -96,12 +98,14 @@ TEST(conv2d_backward, fast_paths)
     conv_case_run(&r, 5, 512, 15, 15, 5, 3, 3, 1, 1, GC_BIG);  // 4 images per tile, then 1
     conv_case_run(&r, 1, 64, 97, 97, 4, 3, 3, 1, 1, GC_BIG);   // 2 row tiles (49 + 48 rows)
     conv_case_run(&r, 2, 64, 97, 61, 3, 3, 3, 2, 1, GC_BIG);   // stride 2 row tiles
+    conv2d_use_direct(1);
 }
 
 /* With OMP_WAIT_POLICY=passive the copies, the col2im scatter and the bias
  * sums run on several threads (dl_parallel_ok): same results. */
 TEST(conv2d_backward, fast_parallel_copies)
 {
+    conv2d_use_direct(0);   // im2col + sgemm paths (the direct kernel has its own test)
     const char *old = getenv("OMP_WAIT_POLICY");
     char *saved = old ? strdup(old) : NULL;
     setenv("OMP_WAIT_POLICY", "passive", 1);
@@ -112,6 +116,7 @@ TEST(conv2d_backward, fast_parallel_copies)
     conv_case_run(&r, 4, 32, 32, 32, 32, 3, 3, 1, 1, GC_BIG);
     if (saved) { setenv("OMP_WAIT_POLICY", saved, 1); free(saved); }
     else unsetenv("OMP_WAIT_POLICY");
+    conv2d_use_direct(1);
 }
 
 /* Batches of >= 2 x threads images are split into one range of images per
@@ -120,6 +125,7 @@ TEST(conv2d_backward, fast_parallel_copies)
  * (9 images, 4 threads: 3 + 3 + 3 + 0). */
 TEST(conv2d_backward, fast_batch_split)
 {
+    conv2d_use_direct(0);   // im2col + sgemm paths (the direct kernel has its own test)
     const int saved = dl_get_threads();
     dl_test_rng r = {0x5b117u};
     dl_set_threads(3);
@@ -131,6 +137,7 @@ TEST(conv2d_backward, fast_batch_split)
     dl_set_threads(4);
     conv_case_run(&r, 9, 3, 5, 5, 2, 3, 3, 1, 1, GC_NO_NUMERIC);     // an empty last range
     dl_set_threads(saved);
+    conv2d_use_direct(1);
 }
 
 TEST(conv2d_backward, errors)
@@ -164,4 +171,26 @@ TEST(conv2d_backward, errors)
     }
     dl_tensor *all[] = {&x, &w, &dout, &dout_bad, &dx, &dx_bad, &dw, &dw_bad, &db, &db_bad};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+/* The direct 3x3 kernel (conv2d_direct.h): dx by the flipped, transposed
+ * kernel and dweight by per-thread partials, on partial vector tiles and
+ * partial channel blocks; finite differences on a small case; 1 and 3
+ * threads (one partial per thread, uneven shares). */
+TEST(conv2d_backward, direct_3x3)
+{
+    const int saved = dl_get_threads();
+    dl_test_rng r = {0xd1b4c7u};
+    conv2d_use_direct(1);
+    CHECK(conv2d_direct_applies(2, 3, 3, 16, 5, 3, 3, 1, 1), "the small case must take the direct kernel");
+    conv_case_run(&r, 2, 3, 3, 16, 5, 3, 3, 1, 1, GC_NUMERIC);
+    conv_case_run(&r, 3, 5, 16, 16, 7, 3, 3, 1, 1, GC_BIG);
+    conv_case_run(&r, 2, 6, 5, 48, 9, 3, 3, 1, 1, GC_BIG);
+    conv_case_run(&r, 1, 1, 7, 32, 3, 3, 3, 1, 1, GC_BIG);
+    dl_set_threads(3);
+    conv_case_run(&r, 7, 4, 16, 16, 6, 3, 3, 1, 1, GC_NO_NUMERIC);
+    conv_case_run(&r, 1, 16, 8, 32, 16, 3, 3, 1, 1, GC_NO_NUMERIC);
+    dl_set_threads(1);
+    conv_case_run(&r, 2, 8, 16, 16, 8, 3, 3, 1, 1, GC_NO_NUMERIC);
+    dl_set_threads(saved);
 }
