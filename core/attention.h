@@ -51,111 +51,12 @@
 /* (-D on the compiler command line to experiment) */
 #ifndef DL_ATTN_SCORE_BUDGET
 #define DL_ATTN_SCORE_BUDGET (1024 * 1024)  /* floats per thread (4 MiB) */
-/* ------------------------------------------------------------------ */
-/* Backward (training). Given dout = dL/dout [B, Lq, H*D], for each batch b
- * and head h, with P = softmax(S), S = scale Q K^T (recomputed, nothing is
- * cached) and O = P V:
- *
- *     dV += P^T dO                       [Lk, D]
- *     dP  = dO V^T                       [Lq, Lk]
- *     dS  = P * (dP - rowsum(dP * P))    (softmax backward, row by row)
- *     dQ += scale dS K                   [Lq, D]
- *     dK += scale dS^T Q                 [Lk, D]
- *
- * dq, dk, dv have the shapes of q, k, v, ACCUMULATE (+=) and may be NULL
- * (if dq and dk are both NULL, dP and dS are never computed). They must not
- * overlap the inputs. causal as in the forward.
- *
- * Fast version: the forward's query chunks, five sgemms per chunk. dV and
- * dK receive contributions from EVERY query chunk of a (b, h) pair, so the
- * threads split the (b, h) pairs (each walks its chunks in order, and no
- * two threads write the same rows of dk / dv); with fewer pairs than
- * threads the pairs run one after another with multi-threaded OpenBLAS.
- * Scratch bound: each thread owns a P block and a dP block of
- * chunk x Lk floats (chunk = attention_query_chunk(Lq, Lk)), so
- *     attention_backward_scratch_floats(Lq, Lk, threads) = 2 x threads x chunk x Lk
- * (SD 64x64 self-attention, 2 threads: 16 MiB; toy U-Net L 64: 64 KiB).
- */
-dl_status attention_backward_ref(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                                 const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                                 int heads, int causal);
-dl_status attention_backward(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                             const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                             int heads, int causal);
-size_t attention_backward_scratch_floats(int Lq, int Lk, int threads);
-
 #endif
 #ifndef DL_ATTN_MIN_CHUNK
 #define DL_ATTN_MIN_CHUNK 16
-/* ------------------------------------------------------------------ */
-/* Backward (training). Given dout = dL/dout [B, Lq, H*D], for each batch b
- * and head h, with P = softmax(S), S = scale Q K^T (recomputed, nothing is
- * cached) and O = P V:
- *
- *     dV += P^T dO                       [Lk, D]
- *     dP  = dO V^T                       [Lq, Lk]
- *     dS  = P * (dP - rowsum(dP * P))    (softmax backward, row by row)
- *     dQ += scale dS K                   [Lq, D]
- *     dK += scale dS^T Q                 [Lk, D]
- *
- * dq, dk, dv have the shapes of q, k, v, ACCUMULATE (+=) and may be NULL
- * (if dq and dk are both NULL, dP and dS are never computed). They must not
- * overlap the inputs. causal as in the forward.
- *
- * Fast version: the forward's query chunks, five sgemms per chunk. dV and
- * dK receive contributions from EVERY query chunk of a (b, h) pair, so the
- * threads split the (b, h) pairs (each walks its chunks in order, and no
- * two threads write the same rows of dk / dv); with fewer pairs than
- * threads the pairs run one after another with multi-threaded OpenBLAS.
- * Scratch bound: each thread owns a P block and a dP block of
- * chunk x Lk floats (chunk = attention_query_chunk(Lq, Lk)), so
- *     attention_backward_scratch_floats(Lq, Lk, threads) = 2 x threads x chunk x Lk
- * (SD 64x64 self-attention, 2 threads: 16 MiB; toy U-Net L 64: 64 KiB).
- */
-dl_status attention_backward_ref(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                                 const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                                 int heads, int causal);
-dl_status attention_backward(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                             const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                             int heads, int causal);
-size_t attention_backward_scratch_floats(int Lq, int Lk, int threads);
-
 #endif
 #ifndef DL_ATTN_MAX_CHUNK
 #define DL_ATTN_MAX_CHUNK 256
-/* ------------------------------------------------------------------ */
-/* Backward (training). Given dout = dL/dout [B, Lq, H*D], for each batch b
- * and head h, with P = softmax(S), S = scale Q K^T (recomputed, nothing is
- * cached) and O = P V:
- *
- *     dV += P^T dO                       [Lk, D]
- *     dP  = dO V^T                       [Lq, Lk]
- *     dS  = P * (dP - rowsum(dP * P))    (softmax backward, row by row)
- *     dQ += scale dS K                   [Lq, D]
- *     dK += scale dS^T Q                 [Lk, D]
- *
- * dq, dk, dv have the shapes of q, k, v, ACCUMULATE (+=) and may be NULL
- * (if dq and dk are both NULL, dP and dS are never computed). They must not
- * overlap the inputs. causal as in the forward.
- *
- * Fast version: the forward's query chunks, five sgemms per chunk. dV and
- * dK receive contributions from EVERY query chunk of a (b, h) pair, so the
- * threads split the (b, h) pairs (each walks its chunks in order, and no
- * two threads write the same rows of dk / dv); with fewer pairs than
- * threads the pairs run one after another with multi-threaded OpenBLAS.
- * Scratch bound: each thread owns a P block and a dP block of
- * chunk x Lk floats (chunk = attention_query_chunk(Lq, Lk)), so
- *     attention_backward_scratch_floats(Lq, Lk, threads) = 2 x threads x chunk x Lk
- * (SD 64x64 self-attention, 2 threads: 16 MiB; toy U-Net L 64: 64 KiB).
- */
-dl_status attention_backward_ref(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                                 const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                                 int heads, int causal);
-dl_status attention_backward(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const dl_tensor *dout,
-                             const dl_tensor *q, const dl_tensor *k, const dl_tensor *v,
-                             int heads, int causal);
-size_t attention_backward_scratch_floats(int Lq, int Lk, int threads);
-
 #endif
 
 dl_status attention_forward_ref(dl_tensor *out, const dl_tensor *q, const dl_tensor *k,
