@@ -1,23 +1,32 @@
-/* sampling.c - see sampling.h
- *
- * Every float operation follows the order in which diffusers' torch code
- * computes it (float32 throughout, -ffp-contract=off keeps a*b+c unfused),
- * so the trajectories match diffusers to rounding noise.
+/* sampling.c - see sampling.h: names, configs, DDPM/DDIM-style timesteps,
+ * the step-by-step driver that every sampler family plugs into, and
+ * classifier-free guidance. The maths of each family is in core/sampler_*.c.
  */
-#include "sampling.h"
+#include "sampler_internal.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-const char *const dl_sampler_names[DL_SAMPLER_COUNT] = {"ddpm", "ddim"};
+const char *const dl_sampler_names[DL_SAMPLER_COUNT] = {
+    "ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "kdpm2", "kdpm2_a",
+    "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm"};
+const char *const dl_sampler_class_names[DL_SAMPLER_COUNT] = {
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler", "LCMScheduler"};
 const char *const dl_spacing_names[DL_SPACING_COUNT] = {"leading", "trailing", "linspace"};
+const char *const dl_prediction_names[DL_PREDICTION_COUNT] = {"epsilon", "v_prediction"};
 
 dl_status dl_sampler_kind_from_name(const char *name, dl_sampler_kind *kind)
 {
     for (int k = 0; k < DL_SAMPLER_COUNT; k++)
         if (name && !strcmp(name, dl_sampler_names[k])) { *kind = (dl_sampler_kind)k; return DL_OK; }
-    return dl_fail(DL_ERR_ARG, "sampler: unknown scheduler \"%s\" (valid: ddpm, ddim)", name ? name : "(null)");
+    return dl_fail(DL_ERR_ARG, "sampler: unknown scheduler \"%s\" (valid: ddpm ddim pndm lms euler euler_a heun "
+                   "kdpm2 kdpm2_a dpmpp_2m dpmpp_2m_karras unipc lcm)", name ? name : "(null)");
 }
 
 dl_status dl_spacing_from_name(const char *name, dl_timestep_spacing *spacing)
@@ -28,16 +37,53 @@ dl_status dl_spacing_from_name(const char *name, dl_timestep_spacing *spacing)
                    name ? name : "(null)");
 }
 
+dl_status dl_prediction_from_name(const char *name, dl_prediction_type *type)
+{
+    for (int k = 0; k < DL_PREDICTION_COUNT; k++)
+        if (name && !strcmp(name, dl_prediction_names[k])) { *type = (dl_prediction_type)k; return DL_OK; }
+    return dl_fail(DL_ERR_ARG, "sampler: unsupported prediction_type \"%s\" (valid: epsilon, v_prediction)",
+                   name ? name : "(null)");
+}
+
 dl_sampler_config dl_sampler_config_default(void)
 {
     return (dl_sampler_config){ .timestep_spacing = DL_SPACING_LEADING, .steps_offset = 0,
-                                .set_alpha_to_one = 1, .clip_sample = 0, .clip_sample_range = 1.0f };
+                                .prediction_type = DL_PREDICT_EPSILON, .set_alpha_to_one = 1,
+                                .clip_sample = 0, .clip_sample_range = 1.0f, .use_clipped_model_output = 0,
+                                .use_karras_sigmas = 0, .solver_order = 2, .lower_order_final = 1,
+                                .unipc_bh1 = 0, .original_inference_steps = 50, .timestep_scaling = 10.0f };
 }
 
 dl_sampler_config dl_sampler_config_sd(void)
 {
-    return (dl_sampler_config){ .timestep_spacing = DL_SPACING_LEADING, .steps_offset = 1,
-                                .set_alpha_to_one = 0, .clip_sample = 0, .clip_sample_range = 1.0f };
+    dl_sampler_config c = dl_sampler_config_default();
+    c.steps_offset = 1;
+    c.set_alpha_to_one = 0;
+    return c;
+}
+
+dl_sampler_config dl_sampler_config_class_default(dl_sampler_kind kind)
+{
+    dl_sampler_config c = dl_sampler_config_default();
+    switch (kind) {
+    case DL_SAMPLER_DDPM: case DL_SAMPLER_DDIM:
+        c.clip_sample = 1;
+        break;
+    case DL_SAMPLER_PNDM:
+        c.set_alpha_to_one = 0;
+        break;
+    case DL_SAMPLER_LMS: case DL_SAMPLER_EULER: case DL_SAMPLER_EULER_A: case DL_SAMPLER_HEUN:
+    case DL_SAMPLER_KDPM2: case DL_SAMPLER_KDPM2_A: case DL_SAMPLER_DPMPP_2M: case DL_SAMPLER_UNIPC:
+        c.timestep_spacing = DL_SPACING_LINSPACE;
+        break;
+    case DL_SAMPLER_DPMPP_2M_KARRAS:
+        c.timestep_spacing = DL_SPACING_LINSPACE;
+        c.use_karras_sigmas = 1;
+        break;
+    default:
+        break;
+    }
+    return c;
 }
 
 /* ------------------------------------------------------------------ */
@@ -85,101 +131,59 @@ dl_status dl_sampler_timesteps(const dl_sampler_config *cfg, int T, int N, int *
 }
 
 /* ------------------------------------------------------------------ */
-/* The step maths.                                                     */
-
-static dl_status check_t(const dl_schedule *s, const char *op, int t, int t_prev)
-{
-    if (!s || !s->alphas_cumprod) return dl_fail(DL_ERR_ARG, "%s: no schedule", op);
-    if (t < 0 || t >= s->num_train_timesteps)
-        return dl_fail(DL_ERR_ARG, "%s: timestep %d outside [0, %d)", op, t, s->num_train_timesteps);
-    if (t_prev >= t) return dl_fail(DL_ERR_ARG, "%s: previous timestep %d is not below t = %d", op, t_prev, t);
-    return DL_OK;
-}
-
-/* x0_hat for one value; clipping as diffusers' clip_sample. */
-static inline float x0_from_eps(float x, float e, float sqrt_one_minus_abar, float sqrt_abar, int clip, float range)
-{
-    float x0 = (x - sqrt_one_minus_abar * e) / sqrt_abar;
-    if (clip) x0 = x0 < -range ? -range : (x0 > range ? range : x0);
-    return x0;
-}
-
-dl_status dl_predict_x0(const dl_schedule *s, const dl_sampler_config *cfg, int t,
-                        const float *x_t, const float *eps, float *x0_out, int64_t n)
-{
-    DL_TRY(check_t(s, "dl_predict_x0", t, -1));
-    float abar = s->alphas_cumprod[t];
-    float sa = sqrtf(abar), sb = sqrtf(1.0f - abar);
-    for (int64_t i = 0; i < n; i++)
-        x0_out[i] = x0_from_eps(x_t[i], eps[i], sb, sa, cfg->clip_sample, cfg->clip_sample_range);
-    return DL_OK;
-}
-
-dl_status ddpm_step(const dl_schedule *s, const dl_sampler_config *cfg, int t, int t_prev,
-                    const float *x_t, const float *eps, const float *noise,
-                    float *x_prev, float *x0_out, int64_t n)
-{
-    DL_TRY(check_t(s, "ddpm_step", t, t_prev));
-    if (t > 0 && !noise) return dl_fail(DL_ERR_ARG, "ddpm_step: t = %d > 0 needs noise", t);
-    /* 1. the scalars (0-dim float32 tensors in diffusers) */
-    float abar_t = s->alphas_cumprod[t];
-    float abar_prev = t_prev >= 0 ? s->alphas_cumprod[t_prev] : 1.0f;
-    float beta_prod_t = 1.0f - abar_t;
-    float beta_prod_prev = 1.0f - abar_prev;
-    float alpha_t = abar_t / abar_prev;          /* the alpha of this (possibly long) step */
-    float beta_t = 1.0f - alpha_t;
-    /* 2. posterior mean coefficients (DDPM paper eq. 7) and variance */
-    float coef_x0 = sqrtf(abar_prev) * beta_t / beta_prod_t;
-    float coef_xt = sqrtf(alpha_t) * beta_prod_prev / beta_prod_t;
-    float var = beta_prod_prev / beta_prod_t * beta_t;   /* "fixed_small" */
-    if (var < 1e-20f) var = 1e-20f;
-    float sigma = sqrtf(var);
-    float sa = sqrtf(abar_t), sb = sqrtf(beta_prod_t);
-    for (int64_t i = 0; i < n; i++) {
-        float x = x_t[i];
-        float x0 = x0_from_eps(x, eps[i], sb, sa, cfg->clip_sample, cfg->clip_sample_range);
-        float mean = coef_x0 * x0 + coef_xt * x;
-        if (x0_out) x0_out[i] = x0;
-        x_prev[i] = t > 0 ? mean + sigma * noise[i] : mean;
-    }
-    return DL_OK;
-}
-
-/* STUDENT EXERCISE (docs/04_sampling.md): write the DDIM step yourself,
- * then `make test K=ddim` compares your sampler with diffusers'. */
-dl_status ddim_step(const dl_schedule *s, const dl_sampler_config *cfg, int t, int t_prev, float eta,
-                    const float *x_t, const float *eps, const float *noise,
-                    float *x_prev, float *x0_out, int64_t n)
-{
-    DL_TRY(check_t(s, "ddim_step", t, t_prev));
-    if (!(eta >= 0)) return dl_fail(DL_ERR_ARG, "ddim_step: eta = %g, must be >= 0", eta);
-    if (eta > 0 && !noise) return dl_fail(DL_ERR_ARG, "ddim_step: eta = %g > 0 needs noise", eta);
-    float abar_t = s->alphas_cumprod[t];
-    float abar_prev = t_prev >= 0 ? s->alphas_cumprod[t_prev]
-                                  : (cfg->set_alpha_to_one ? 1.0f : s->alphas_cumprod[0]);
-    float beta_prod_t = 1.0f - abar_t;
-    float beta_prod_prev = 1.0f - abar_prev;
-    /* sigma_t^2 = (1 - abar_prev)/(1 - abar_t) * (1 - abar_t/abar_prev), scaled by eta */
-    float variance = (beta_prod_prev / beta_prod_t) * (1.0f - abar_t / abar_prev);
-    float std_dev = eta * sqrtf(variance);
-    /* how much of the predicted noise direction x_prev keeps */
-    float dir_coef = sqrtf(1.0f - abar_prev - std_dev * std_dev);
-    float sqrt_abar_prev = sqrtf(abar_prev);
-    float sa = sqrtf(abar_t), sb = sqrtf(beta_prod_t);
-    for (int64_t i = 0; i < n; i++) {
-        float e = eps[i];
-        float x0 = x0_from_eps(x_t[i], e, sb, sa, cfg->clip_sample, cfg->clip_sample_range);
-        if (cfg->use_clipped_model_output) e = (x_t[i] - sa * x0) / sb;
-        float direction = dir_coef * e;
-        float xp = sqrt_abar_prev * x0 + direction;
-        if (x0_out) x0_out[i] = x0;
-        x_prev[i] = eta > 0 ? xp + std_dev * noise[i] : xp;
-    }
-    return DL_OK;
-}
-
-/* ------------------------------------------------------------------ */
 /* The step-by-step sampler.                                           */
+
+static int is_euler_family(dl_sampler_kind k)
+{
+    return k == DL_SAMPLER_EULER || k == DL_SAMPLER_EULER_A || k == DL_SAMPLER_HEUN || k == DL_SAMPLER_LMS;
+}
+static int is_kdpm2(dl_sampler_kind k) { return k == DL_SAMPLER_KDPM2 || k == DL_SAMPLER_KDPM2_A; }
+static int is_dpm(dl_sampler_kind k) { return k == DL_SAMPLER_DPMPP_2M || k == DL_SAMPLER_DPMPP_2M_KARRAS; }
+
+static dl_status check_config(dl_sampler_kind kind, const dl_sampler_config *c)
+{
+    const char *name = dl_sampler_names[kind];
+    if ((unsigned)c->timestep_spacing >= DL_SPACING_COUNT)
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): bad timestep_spacing %d", name, (int)c->timestep_spacing);
+    if ((unsigned)c->prediction_type >= DL_PREDICTION_COUNT)
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): bad prediction_type %d", name, (int)c->prediction_type);
+    if (c->steps_offset < 0) return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): steps_offset %d < 0", name, c->steps_offset);
+    if (c->use_karras_sigmas && !(kind == DL_SAMPLER_EULER || kind == DL_SAMPLER_HEUN || kind == DL_SAMPLER_LMS ||
+                                  is_dpm(kind) || kind == DL_SAMPLER_UNIPC))
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): use_karras_sigmas is supported by euler, heun, lms, "
+                       "dpmpp_2m and unipc only", name);
+    if ((is_dpm(kind) || kind == DL_SAMPLER_UNIPC) && (c->solver_order < 1 || c->solver_order > 2))
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): solver_order %d, supported: 1 or 2", name, c->solver_order);
+    if (kind == DL_SAMPLER_LCM && !(c->timestep_scaling > 0))
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (lcm): timestep_scaling %g must be > 0", c->timestep_scaling);
+    if (c->clip_sample && !(c->clip_sample_range > 0))
+        return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): clip_sample_range %g must be > 0", name, c->clip_sample_range);
+    return DL_OK;
+}
+
+/* How many history buffers (hist) and whether the saved-sample buffers are needed. */
+static int hist_needed(dl_sampler_kind k)
+{
+    if (k == DL_SAMPLER_PNDM || k == DL_SAMPLER_LMS) return 4;
+    if (is_dpm(k) || k == DL_SAMPLER_UNIPC) return 2;
+    return 0;
+}
+static int saved_needed(dl_sampler_kind k)
+{
+    return k == DL_SAMPLER_PNDM || k == DL_SAMPLER_HEUN || is_kdpm2(k) || k == DL_SAMPLER_UNIPC;
+}
+
+static dl_status setup(dl_sampler *s)
+{
+    switch (s->kind) {
+    case DL_SAMPLER_DDPM: case DL_SAMPLER_DDIM: return dl__ddpm_ddim_setup(s);
+    case DL_SAMPLER_PNDM:                       return dl__pndm_setup(s);
+    case DL_SAMPLER_LCM:                        return dl__lcm_setup(s);
+    case DL_SAMPLER_KDPM2: case DL_SAMPLER_KDPM2_A: return dl__kdpm2_setup(s);
+    case DL_SAMPLER_DPMPP_2M: case DL_SAMPLER_DPMPP_2M_KARRAS: case DL_SAMPLER_UNIPC: return dl__dpm_setup(s);
+    default:                                    return dl__euler_family_setup(s);
+    }
+}
 
 dl_status dl_sampler_init(dl_sampler *s, dl_sampler_kind kind, const dl_schedule *sched,
                           const dl_sampler_config *cfg, int num_steps, float eta,
@@ -192,22 +196,25 @@ dl_status dl_sampler_init(dl_sampler *s, dl_sampler_kind kind, const dl_schedule
     if (!(eta >= 0 && eta <= 100)) return dl_fail(DL_ERR_ARG, "dl_sampler_init: eta = %g, must be >= 0", eta);
     if (ndim < 1 || ndim > DL_MAX_DIMS) return dl_fail(DL_ERR_ARG, "dl_sampler_init: %d dims", ndim);
     if (dl_shape_numel(ndim, shape) < 1) return DL_ERR_SHAPE;   /* the message names the bad dimension */
-    s->kind = kind;
-    s->cfg = *cfg;
-    s->sched = sched;
-    s->eta = eta;
-    s->num_steps = num_steps;
+    DL_TRY(check_config(kind, cfg));
     int T = sched->num_train_timesteps;
     if (num_steps < 1 || num_steps > T)
         return dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): %d steps, must be in 1..%d", dl_sampler_names[kind], num_steps, T);
-    s->timesteps = malloc((size_t)num_steps * sizeof(int));
+    s->kind = kind;
+    s->cfg = *cfg;
+    if (kind == DL_SAMPLER_DPMPP_2M_KARRAS) s->cfg.use_karras_sigmas = 1;
+    s->sched = sched;
+    s->eta = eta;
+    s->num_steps = num_steps;
+    s->timesteps = malloc((size_t)(2 * num_steps + 1) * sizeof(float));
     s->t_batch = malloc((size_t)shape[0] * sizeof(float));
     dl_status st = (!s->timesteps || !s->t_batch) ? dl_fail(DL_ERR_MEMORY, "dl_sampler_init: out of memory") : DL_OK;
-    if (st == DL_OK) st = dl_sampler_timesteps(cfg, T, num_steps, s->timesteps);
-    if (st == DL_OK) st = dl_tensor_alloc(&s->x, ndim, shape);
-    if (st == DL_OK) st = dl_tensor_alloc(&s->eps, ndim, shape);
-    if (st == DL_OK) st = dl_tensor_alloc(&s->x0, ndim, shape);
-    if (st == DL_OK) st = dl_tensor_alloc(&s->noise, ndim, shape);
+    dl_tensor *bufs[] = {&s->x, &s->model_in, &s->eps, &s->x0, &s->noise};
+    for (int i = 0; i < 5 && st == DL_OK; i++) st = dl_tensor_alloc(bufs[i], ndim, shape);
+    for (int i = 0; i < hist_needed(kind) && st == DL_OK; i++) st = dl_tensor_alloc(&s->hist[i], ndim, shape);
+    if (st == DL_OK && saved_needed(kind)) st = dl_tensor_alloc(&s->saved, ndim, shape);
+    if (st == DL_OK && saved_needed(kind)) st = dl_tensor_alloc(&s->saved_d, ndim, shape);
+    if (st == DL_OK) st = setup(s);
     if (st != DL_OK) { dl_sampler_free(s); return st; }
     return DL_OK;
 }
@@ -216,14 +223,17 @@ void dl_sampler_free(dl_sampler *s)
 {
     free(s->timesteps);
     free(s->t_batch);
-    dl_tensor_free(&s->x);
-    dl_tensor_free(&s->eps);
-    dl_tensor_free(&s->x0);
-    dl_tensor_free(&s->noise);
+    free(s->sigmas);
+    free(s->sigmas_interpol);
+    free(s->sigmas_up);
+    free(s->sigmas_down);
+    dl_tensor *bufs[] = {&s->x, &s->model_in, &s->eps, &s->x0, &s->noise, &s->saved, &s->saved_d,
+                         &s->hist[0], &s->hist[1], &s->hist[2], &s->hist[3]};
+    for (int i = 0; i < 11; i++) dl_tensor_free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
 
-static void restart(dl_sampler *s)
+static dl_status restart(dl_sampler *s)
 {
     s->step_index = 0;
     s->have_prediction = 0;
@@ -231,14 +241,26 @@ static void restart(dl_sampler *s)
     dl_tensor_fill(&s->eps, 0);
     dl_tensor_fill(&s->x0, 0);
     dl_tensor_fill(&s->noise, 0);
+    /* the multistep / two-stage state starts over */
+    s->hist_len = 0;
+    s->have_saved = 0;
+    s->counter = s->lower_order_nums = s->this_order = 0;
+    return DL_OK;
 }
 
 dl_status dl_sampler_set_noise(dl_sampler *s, dl_rng *rng)
 {
     if (!rng) return dl_fail(DL_ERR_ARG, "dl_sampler_set_noise: no rng");
-    DL_TRY(dl_rng_randn_tensor(rng, &s->x));   /* * init_noise_sigma, which is 1 */
-    restart(s);
-    return DL_OK;
+    DL_TRY(dl_rng_randn_tensor(rng, &s->x));
+    for (int64_t i = 0; i < s->x.numel; i++) s->x.data[i] = s->x.data[i] * s->init_noise_sigma;
+    return restart(s);
+}
+
+dl_status dl_sampler_set_noise_from(dl_sampler *s, const float *z)
+{
+    if (!z) return dl_fail(DL_ERR_ARG, "dl_sampler_set_noise_from: no noise");
+    for (int64_t i = 0; i < s->x.numel; i++) s->x.data[i] = z[i] * s->init_noise_sigma;
+    return restart(s);
 }
 
 dl_status dl_sampler_set_x(dl_sampler *s, const dl_tensor *x_T)
@@ -247,61 +269,127 @@ dl_status dl_sampler_set_x(dl_sampler *s, const dl_tensor *x_T)
         return dl_fail(DL_ERR_SHAPE, "dl_sampler_set_x: x_T has %lld values, the sampler %lld",
                        x_T ? (long long)x_T->numel : 0LL, (long long)s->x.numel);
     DL_TRY(dl_tensor_copy(&s->x, x_T));
-    restart(s);
-    return DL_OK;
+    return restart(s);
 }
 
-int dl_sampler_done(const dl_sampler *s) { return s->step_index >= s->num_steps; }
+int dl_sampler_done(const dl_sampler *s) { return s->step_index >= s->num_calls; }
+
+float dl_sampler_current_timestep(const dl_sampler *s)
+{
+    return dl_sampler_done(s) ? -1.0f : s->timesteps[s->step_index];
+}
 
 int dl_sampler_current_t(const dl_sampler *s)
 {
-    return dl_sampler_done(s) ? -1 : s->timesteps[s->step_index];
+    return dl_sampler_done(s) ? -1 : (int)nearbyintf(s->timesteps[s->step_index]);
 }
 
-/* diffusers: prev_t = t - T // N for both DDPM (previous_timestep) and DDIM. */
+/* diffusers: prev_t = t - T // N for DDPM (previous_timestep), DDIM and PNDM. */
 int dl_sampler_prev_t(const dl_sampler *s, int t)
 {
     return t - s->sched->num_train_timesteps / s->num_steps;
 }
 
+/* The sigma scale_model_input divides by, or a negative number if the
+ * model sees x unscaled. */
+static float input_sigma(const dl_sampler *s)
+{
+    if (is_euler_family(s->kind)) return dl__euler_family_input_sigma(s);
+    if (is_kdpm2(s->kind)) return dl__kdpm2_input_sigma(s);
+    return -1.0f;
+}
+
+float dl_sampler_current_sigma(const dl_sampler *s)
+{
+    if (dl_sampler_done(s)) return 0.0f;
+    float sig = input_sigma(s);
+    if (sig >= 0) return sig;
+    if (is_dpm(s->kind) || s->kind == DL_SAMPLER_UNIPC) return s->sigmas[s->step_index];
+    float ab = s->sched->alphas_cumprod[dl_sampler_current_t(s)];
+    return sqrtf((1.0f - ab) / ab);
+}
+
 int dl_sampler_update_draws_noise(const dl_sampler *s)
 {
     if (dl_sampler_done(s)) return 0;
-    return s->kind == DL_SAMPLER_DDPM ? dl_sampler_current_t(s) > 0 : s->eta > 0;
+    switch (s->kind) {
+    case DL_SAMPLER_DDPM:    return dl_sampler_current_t(s) > 0;
+    case DL_SAMPLER_DDIM:    return s->eta > 0;
+    case DL_SAMPLER_EULER:   return 1;    /* drawn, multiplied by s_churn = 0 */
+    case DL_SAMPLER_EULER_A: return 1;
+    case DL_SAMPLER_KDPM2_A: return 1;    /* every call; the second stage uses it */
+    case DL_SAMPLER_LCM:     return s->step_index < s->num_calls - 1;
+    default:                 return 0;
+    }
+}
+
+const dl_tensor *dl_sampler_x0(const dl_sampler *s)
+{
+    return s->model_calls > 0 ? &s->x0 : NULL;
+}
+
+static dl_status predict_x0(dl_sampler *s)
+{
+    switch (s->kind) {
+    case DL_SAMPLER_DDPM: case DL_SAMPLER_DDIM: return dl__ddpm_ddim_x0(s);
+    case DL_SAMPLER_PNDM:                       return dl__pndm_x0(s);
+    case DL_SAMPLER_LCM:                        return dl__lcm_x0(s);
+    case DL_SAMPLER_KDPM2: case DL_SAMPLER_KDPM2_A: return dl__kdpm2_x0(s);
+    case DL_SAMPLER_DPMPP_2M: case DL_SAMPLER_DPMPP_2M_KARRAS: case DL_SAMPLER_UNIPC: return dl__dpm_x0(s);
+    default:                                    return dl__euler_family_x0(s);
+    }
 }
 
 dl_status dl_sampler_predict(dl_sampler *s, dl_eps_model model, void *ctx)
 {
-    if (dl_sampler_done(s)) return dl_fail(DL_ERR_ARG, "dl_sampler_predict: all %d steps are done", s->num_steps);
+    if (dl_sampler_done(s)) return dl_fail(DL_ERR_ARG, "dl_sampler_predict: all %d model calls are done", s->num_calls);
     if (!model) return dl_fail(DL_ERR_ARG, "dl_sampler_predict: no model");
-    int t = dl_sampler_current_t(s);
-    for (int64_t b = 0; b < s->x.shape[0]; b++) s->t_batch[b] = (float)t;
-    DL_TRY(model(ctx, &s->x, s->t_batch, &s->eps));
+    /* scale_model_input: the Euler family hands the model x / sqrt(sigma^2 + 1) */
+    float sigma = input_sigma(s);
+    if (sigma >= 0) {
+        float c = sqrtf(sigma * sigma + 1.0f);
+        for (int64_t i = 0; i < s->x.numel; i++) s->model_in.data[i] = s->x.data[i] / c;
+    } else {
+        memcpy(s->model_in.data, s->x.data, (size_t)s->x.numel * sizeof(float));
+    }
+    float t = s->timesteps[s->step_index];
+    for (int64_t b = 0; b < s->x.shape[0]; b++) s->t_batch[b] = t;
+    DL_TRY(model(ctx, &s->model_in, s->t_batch, &s->eps));
     s->model_calls++;
-    DL_TRY(dl_predict_x0(s->sched, &s->cfg, t, s->x.data, s->eps.data, s->x0.data, s->x.numel));
+    DL_TRY(predict_x0(s));
     s->have_prediction = 1;
     return DL_OK;
 }
 
 dl_status dl_sampler_update(dl_sampler *s, dl_rng *rng, const float *noise)
 {
-    if (dl_sampler_done(s)) return dl_fail(DL_ERR_ARG, "dl_sampler_update: all %d steps are done", s->num_steps);
+    if (dl_sampler_done(s)) return dl_fail(DL_ERR_ARG, "dl_sampler_update: all %d model calls are done", s->num_calls);
     if (!s->have_prediction) return dl_fail(DL_ERR_ARG, "dl_sampler_update: call dl_sampler_predict first");
-    int t = dl_sampler_current_t(s), t_prev = dl_sampler_prev_t(s, t);
     const float *z = NULL;
     if (dl_sampler_update_draws_noise(s)) {   /* drawn after the model call, as diffusers does */
         if (noise) memcpy(s->noise.data, noise, (size_t)s->noise.numel * sizeof(float));
         else if (rng) dl_rng_randn(rng, s->noise.data, s->noise.numel);
-        else return dl_fail(DL_ERR_ARG, "dl_sampler_update (%s): t = %d needs noise: give an rng or a noise array",
-                            dl_sampler_names[s->kind], t);
+        else return dl_fail(DL_ERR_ARG, "dl_sampler_update (%s): t = %g needs noise: give an rng or a noise array",
+                            dl_sampler_names[s->kind], dl_sampler_current_timestep(s));
         z = s->noise.data;
     } else {
         dl_tensor_fill(&s->noise, 0);
     }
-    if (s->kind == DL_SAMPLER_DDPM)
-        DL_TRY(ddpm_step(s->sched, &s->cfg, t, t_prev, s->x.data, s->eps.data, z, s->x.data, NULL, s->x.numel));
-    else
-        DL_TRY(ddim_step(s->sched, &s->cfg, t, t_prev, s->eta, s->x.data, s->eps.data, z, s->x.data, NULL, s->x.numel));
+    dl_status st;
+    switch (s->kind) {
+    case DL_SAMPLER_DDPM:    st = dl__ddpm_update(s, z); break;
+    case DL_SAMPLER_DDIM:    st = dl__ddim_update(s, z); break;
+    case DL_SAMPLER_PNDM:    st = dl__pndm_update(s); break;
+    case DL_SAMPLER_LMS:     st = dl__lms_update(s); break;
+    case DL_SAMPLER_EULER:   st = dl__euler_update(s); break;
+    case DL_SAMPLER_EULER_A: st = dl__euler_a_update(s, z); break;
+    case DL_SAMPLER_HEUN:    st = dl__heun_update(s); break;
+    case DL_SAMPLER_KDPM2: case DL_SAMPLER_KDPM2_A: st = dl__kdpm2_update(s, z); break;
+    case DL_SAMPLER_UNIPC:   st = dl__unipc_update(s); break;
+    case DL_SAMPLER_LCM:     st = dl__lcm_update(s, z); break;
+    default:                 st = dl__dpmpp_update(s); break;
+    }
+    DL_TRY(st);
     s->step_index++;
     s->have_prediction = 0;
     return DL_OK;
@@ -320,6 +408,46 @@ dl_status dl_sampler_run(dl_sampler *s, dl_eps_model model, void *ctx, dl_rng *r
 }
 
 /* ------------------------------------------------------------------ */
+/* The schedule as text.                                               */
+
+/* Append like snprintf: *len counts the whole text, buf gets what fits. */
+static void put(char *buf, size_t n, size_t *len, const char *fmt, ...)
+{
+    size_t at = *len < n ? *len : n;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(buf ? buf + at : NULL, buf ? n - at : 0, fmt, ap);
+    va_end(ap);
+    if (w > 0) *len += (size_t)w;
+}
+
+/* "name: [a, b, c]": integers as integers, other values with 9 digits */
+static void put_list(char *buf, size_t n, size_t *len, const char *name, const float *v, int count)
+{
+    int all_int = 1;
+    for (int i = 0; i < count; i++) all_int &= v[i] == floorf(v[i]) && fabsf(v[i]) < 1e9f;
+    put(buf, n, len, "%s: [", name);
+    for (int i = 0; i < count; i++) {
+        if (all_int) put(buf, n, len, i ? ", %lld" : "%lld", (long long)v[i]);
+        else put(buf, n, len, i ? ", %.9g" : "%.9g", (double)v[i]);
+    }
+    put(buf, n, len, "]\n");
+}
+
+int dl_sampler_describe(const dl_sampler *s, char *buf, size_t n)
+{
+    size_t len = 0;
+    if (buf && n) buf[0] = 0;
+    put(buf, n, &len, "scheduler: %s (%s), %d steps, %d model calls\n", dl_sampler_names[s->kind],
+        dl_sampler_class_names[s->kind], s->num_steps, s->num_calls);
+    put_list(buf, n, &len, "timesteps", s->timesteps, s->num_calls);
+    if (s->sigmas) put_list(buf, n, &len, "sigmas", s->sigmas, s->num_sigmas);
+    else put(buf, n, &len, "sigmas: none (this scheduler works with alphas_cumprod directly)\n");
+    put(buf, n, &len, "init_noise_sigma: %.9g\n", (double)s->init_noise_sigma);
+    return (int)len;
+}
+
+/* ------------------------------------------------------------------ */
 /* Classifier-free guidance.                                           */
 
 dl_status dl_cfg_init(dl_cfg *g, dl_eps_model model, void *model_ctx, float guidance,
@@ -333,6 +461,7 @@ dl_status dl_cfg_init(dl_cfg *g, dl_eps_model model, void *model_ctx, float guid
     g->model = model;
     g->model_ctx = model_ctx;
     g->guidance = guidance;
+    g->guidance_rescale = 0.0f;
     g->batch = (int)shape[0];
     int64_t shape2[DL_MAX_DIMS];
     for (int d = 0; d < ndim; d++) shape2[d] = shape[d];
@@ -353,6 +482,33 @@ void dl_cfg_combine(float *out, const float *eps_uncond, const float *eps_cond, 
     }
 }
 
+/* torch.std (Bessel's correction) of n values, accumulated in double */
+static double std_of(const float *v, int64_t n)
+{
+    double mean = 0, ss = 0;
+    for (int64_t i = 0; i < n; i++) mean += v[i];
+    mean /= (double)n;
+    for (int64_t i = 0; i < n; i++) ss += (v[i] - mean) * (v[i] - mean);
+    return n > 1 ? sqrt(ss / (double)(n - 1)) : 0.0;
+}
+
+void dl_cfg_rescale(float *eps, const float *eps_cond, float phi, int64_t batch, int64_t per_item)
+{
+    /* Lin et al. 2023, "Common diffusion noise schedules and sample steps
+     * are flawed", eq. 15-16: a large g inflates eps's spread; rescale it to
+     * the conditional prediction's, then mix with the unrescaled one. */
+    for (int64_t b = 0; b < batch; b++) {
+        float *e = eps + b * per_item;
+        float std_text = (float)std_of(eps_cond + b * per_item, per_item);
+        float std_cfg = (float)std_of(e, per_item);
+        float ratio = std_cfg > 0 ? std_text / std_cfg : 1.0f;
+        for (int64_t i = 0; i < per_item; i++) {
+            float rescaled = e[i] * ratio;
+            e[i] = phi * rescaled + (1.0f - phi) * e[i];
+        }
+    }
+}
+
 dl_status dl_cfg_eps(void *cfg, const dl_tensor *x_t, const float *t, dl_tensor *eps_out)
 {
     dl_cfg *g = cfg;
@@ -367,6 +523,8 @@ dl_status dl_cfg_eps(void *cfg, const dl_tensor *x_t, const float *t, dl_tensor 
     memcpy(g->t2 + g->batch, t, (size_t)g->batch * sizeof(float));
     DL_TRY(g->model(g->model_ctx, &g->x2, g->t2, &g->eps2));
     dl_cfg_combine(eps_out->data, g->eps2.data, g->eps2.data + half, g->guidance, half);
+    if (g->guidance_rescale > 0)
+        dl_cfg_rescale(eps_out->data, g->eps2.data + half, g->guidance_rescale, g->batch, half / g->batch);
     return DL_OK;
 }
 

@@ -240,6 +240,28 @@ TEST(lesson04, scripted_sampling_writes_one_png_per_sample)
     CHECK(dl_test_file_ok(path), "%s missing", path);
 }
 
+/* Every scheduler of the sampler library runs the toy model from the command line. */
+TEST(lesson04, every_scheduler_name)
+{
+    char dir[512], full[700], ema[700], cmd[2048], path[900];
+    snprintf(dir, sizeof dir, "%s", dl_test_out_dir("lesson04/schedulers"));
+    snprintf(full, sizeof full, "%s/micro_full.safetensors", dir);
+    snprintf(ema, sizeof ema, "%s/micro_ema.safetensors", dir);
+    if (!save_micro_model(full, ema)) return;
+    for (int k = 0; k < DL_SAMPLER_COUNT; k++) {
+        char sub[700];
+        snprintf(sub, sizeof sub, "%s/%s", dir, dl_sampler_names[k]);
+        snprintf(path, sizeof path, "%s/class2_0.png", sub);
+        remove(path);
+        snprintf(cmd, sizeof cmd, ENV "%s/04_sampling --checkpoint %s --class 2 --count 1 --scheduler %s --steps 4 "
+                 "--out %s --headless", dl_test_bin_dir(), ema, dl_sampler_names[k], sub);
+        int rc = dl_test_run(cmd);
+        if (!CHECK(rc == 0 && dl_test_file_ok(path), "--scheduler %s: exit %d, %s %s", dl_sampler_names[k], rc, path,
+                   dl_test_file_ok(path) ? "written" : "missing"))
+            dl_test_show_log();
+    }
+}
+
 TEST(lesson04, headless_figures)
 {
     char dir[512], ema[700], full[700], cmd[2048], path[800];
@@ -278,7 +300,7 @@ TEST(lesson04, help_and_bad_arguments)
     const struct { const char *args, *says; } bad[] = {
         {"--class 10", "--class 10"},            /* the model has classes 0..9 */
         {"--class -1", "-1"},
-        {"--scheduler euler", "euler"},
+        {"--scheduler eulerr", "eulerr"},
         {"--guidance much", "much"},
         {"--count 0", "--count"},
         {"--steps 0", "--steps"},

@@ -115,7 +115,7 @@ static void replay(const char *run, dl_sampler_kind kind, dl_timestep_spacing sp
                "%s", dl_error_message())) { fixture_free(&fx); return; }
     int ts_ok = 1;
     for (int i = 0; i < steps; i++) ts_ok &= s.timesteps[i] == fx.ts[i];
-    CHECK(ts_ok, "%s_steps%d: timesteps differ from diffusers' (first: ours %d, theirs %lld)", run, steps,
+    CHECK(ts_ok, "%s_steps%d: timesteps differ from diffusers' (first: ours %g, theirs %lld)", run, steps,
           s.timesteps[0], (long long)fx.ts[0]);
 
     dl_tensor x0;
@@ -225,7 +225,8 @@ TEST(sampling, timesteps)
     CHECK(dl_sampler_timesteps(&def, 1000, 1001, ts) == DL_ERR_ARG, "1001 steps accepted");
     dl_sampler_kind k;
     CHECK(dl_sampler_kind_from_name("ddim", &k) == DL_OK && k == DL_SAMPLER_DDIM, "ddim by name");
-    CHECK(dl_sampler_kind_from_name("euler", &k) == DL_ERR_ARG && strstr(dl_error_message(), "euler"), "unknown name");
+    CHECK(dl_sampler_kind_from_name("euler", &k) == DL_OK && k == DL_SAMPLER_EULER, "euler by name");
+    CHECK(dl_sampler_kind_from_name("eulr", &k) == DL_ERR_ARG && strstr(dl_error_message(), "eulr"), "unknown name");
 }
 
 /* ---- properties that need no fixture ----------------------------------- */
