@@ -11,6 +11,7 @@
  */
 #include "bench_util.h"
 #include "../core/mnist_classifier.h"
+#include "../core/sample_metrics.h"
 #include "../core/schedule.h"
 #include "../core/toy_sample.h"
 #include "../core/train_toy.h"
@@ -22,24 +23,6 @@
 
 static float guidances[] = {1.0f, 3.0f, 5.0f};
 static int num_guidances = 3;
-
-/* mean over pairs (i < j) of ||x_i - x_j|| / sqrt(dim) */
-static double mean_pairwise_distance(const float *x, int n, int dim)
-{
-    double sum = 0;
-    long pairs = 0;
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++) {
-            double d = 0;
-            for (int k = 0; k < dim; k++) {
-                double e = (double)x[(size_t)i * dim + k] - x[(size_t)j * dim + k];
-                d += e * e;
-            }
-            sum += sqrt(d / dim);
-            pairs++;
-        }
-    return pairs ? sum / pairs : 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -89,8 +72,8 @@ int main(int argc, char **argv)
     const int S = cfg->image_size, dim = S * S;
     dl_tensor x;
     if (dl_tensor_alloc(&x, 4, DL_SHAPE(per_class, 1, S, S)) != DL_OK) dl_die(NULL);
-    int *labels = malloc(sizeof(int) * per_class), *pred = malloc(sizeof(int) * per_class);
-    if (!labels || !pred) dl_die_msg("", "out of memory");
+    int *labels = malloc(sizeof(int) * per_class);
+    if (!labels) dl_die_msg("", "out of memory");
 
     printf("checkpoint %s, judge %s, DDIM %d steps (eta 0), %d samples per class, seed %llu\n",
            ckpt, judge, steps, per_class, seed);
@@ -110,11 +93,10 @@ int main(int argc, char **argv)
             dl_rng_seed(&rng, seed + (unsigned long long)k);   /* same noise for every g */
             for (int i = 0; i < per_class; i++) labels[i] = k;
             if (toy_sample(net, &sched, &o, labels, per_class, &rng, &x) != DL_OK) dl_die(NULL);
-            if (mnist_classifier_predict(clf, &x, pred, NULL) != DL_OK) dl_die(NULL);
             int correct = 0;
-            for (int i = 0; i < per_class; i++) correct += pred[i] == k;
+            if (sample_judge_count(clf, &x, labels, &correct) != DL_OK) dl_die(NULL);
             correct_all += correct;
-            diversity += mean_pairwise_distance(x.data, per_class, dim);
+            diversity += sample_diversity(x.data, per_class, dim);
             printf("%6.0f", 100.0 * correct / per_class);
             fflush(stdout);
         }
@@ -122,7 +104,7 @@ int main(int argc, char **argv)
                bench_now() - t0);
     }
     printf("(diversity: mean pairwise RMS distance between samples of one class, pixels in [-1, 1])\n");
-    free(labels); free(pred);
+    free(labels);
     dl_tensor_free(&x);
     dl_schedule_free(&sched);
     mnist_classifier_free(clf);

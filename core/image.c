@@ -258,6 +258,47 @@ dl_status dl_tensor_to_image(dl_image *out, const dl_tensor *t, int batch_index)
     return DL_OK;
 }
 
+dl_status dl_tensor_item_image(dl_image *out, const dl_tensor *t, int b, float range, int zoom)
+{
+    if (t->ndim != 4) return dl_fail(DL_ERR_SHAPE, "dl_tensor_item_image: tensor has %d dims, expected [N, C, H, W]", t->ndim);
+    if (!(range > 0) || zoom < 1 || zoom > 64)
+        return dl_fail(DL_ERR_ARG, "dl_tensor_item_image: range %g / zoom %d (want range > 0, zoom 1..64)", range, zoom);
+    const int64_t C = t->shape[1], H = t->shape[2], W = t->shape[3];
+    if (C != 1 && C != 3) return dl_fail(DL_ERR_SHAPE, "dl_tensor_item_image: %lld channels, expected 1 or 3", (long long)C);
+    if (b < 0 || b >= t->shape[0])
+        return dl_fail(DL_ERR_ARG, "dl_tensor_item_image: item %d outside 0..%lld", b, (long long)t->shape[0] - 1);
+    DL_TRY(dl_image_alloc(out, (int)(W * zoom), (int)(H * zoom), (int)C));
+    const float *src = t->data + (size_t)b * C * H * W;
+    for (int64_t y = 0; y < H * zoom; y++)
+        for (int64_t x = 0; x < W * zoom; x++)
+            for (int64_t c = 0; c < C; c++) {
+                float v = (src[(c * H + y / zoom) * W + x / zoom] / range + 1.0f) * 127.5f;
+                if (!(v == v)) v = 0;   /* NaN -> black */
+                out->px[((size_t)y * out->w + x) * C + c] = to_u8(v);
+            }
+    return DL_OK;
+}
+
+dl_status dl_heatmap_image(dl_image *out, const float *v, int w, int h, float vmax, int zoom)
+{
+    if (w < 1 || h < 1 || !(vmax > 0) || zoom < 1 || zoom > 64)
+        return dl_fail(DL_ERR_ARG, "dl_heatmap_image: %dx%d, vmax %g, zoom %d", w, h, vmax, zoom);
+    DL_TRY(dl_image_alloc(out, w * zoom, h * zoom, 3));
+    for (int y = 0; y < h * zoom; y++)
+        for (int x = 0; x < w * zoom; x++) {
+            float u = v[(size_t)(y / zoom) * w + x / zoom] / vmax;   /* 0 .. 1 */
+            if (!(u > 0)) u = 0;
+            if (u > 1) u = 1;
+            /* three ramps: red rises first, then green, then blue */
+            float r = 3 * u, g = 3 * u - 1, bl = 3 * u - 2;
+            unsigned char *p = out->px + ((size_t)y * out->w + x) * 3;
+            p[0] = to_u8(255 * (r > 1 ? 1 : r));
+            p[1] = to_u8(255 * (g < 0 ? 0 : g > 1 ? 1 : g));
+            p[2] = to_u8(255 * (bl < 0 ? 0 : bl));
+        }
+    return DL_OK;
+}
+
 /* ---- drawing ------------------------------------------------------------ */
 
 void dl_image_fill_rect(dl_image *img, int x, int y, int w, int h,

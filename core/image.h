@@ -67,6 +67,15 @@ dl_status dl_image_to_tensor(dl_tensor *out, const dl_image *img);
 dl_status dl_tensor_to_image(dl_image *out, const dl_tensor *t, int batch_index);
 
 /* ---- drawing (clipped, channel-aware: gray images get the luma) ---- */
+/* Item b of t [N, C, H, W] (C = 1 or 3) as a picture with values in
+ * [-range, range] mapped to black..white, each pixel enlarged to
+ * zoom x zoom (a 32x32 digit at zoom 4 is a 128x128 tile). */
+dl_status dl_tensor_item_image(dl_image *out, const dl_tensor *t, int b, float range, int zoom);
+
+/* v [h, w] >= 0 as a heat map (black, red, yellow, white for 0 .. vmax;
+ * larger values saturate), enlarged zoom times. RGB. */
+dl_status dl_heatmap_image(dl_image *out, const float *v, int w, int h, float vmax, int zoom);
+
 void dl_image_fill(dl_image *img, unsigned char r, unsigned char g, unsigned char b);
 void dl_image_fill_rect(dl_image *img, int x, int y, int w, int h,
                         unsigned char r, unsigned char g, unsigned char b);
