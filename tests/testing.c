@@ -105,17 +105,36 @@ int dl_test_close_rel(const char *file, int line, const char *what,
     return dl_test_close(file, line, what, got->data, want->data, (size_t)want->numel, rtol * scale);
 }
 
-const char *dl_test_bin_dir(void)
+/* Where the programs under test live and where tests write: DL_BIN_DIR if
+ * set, else the folder run_tests itself was started from (so that
+ * build/x/bin/run_tests tests build/x/bin's programs, not bin's). Output goes
+ * to a test_out folder beside that bin folder (build/test_out for bin/), so
+ * two builds tested at the same time never share files. */
+static char g_bin_dir[512] = "bin", g_out_root[600] = "build/test_out";
+
+static void test_dirs_init(const char *argv0)
 {
     const char *d = getenv("DL_BIN_DIR");
-    return d && d[0] ? d : "bin";
+    if (d && d[0]) snprintf(g_bin_dir, sizeof g_bin_dir, "%s", d);
+    else if (argv0 && strchr(argv0, '/')) {
+        snprintf(g_bin_dir, sizeof g_bin_dir, "%s", argv0);
+        *strrchr(g_bin_dir, '/') = '\0';
+    }
+    size_t n = strlen(g_bin_dir);
+    while (n > 1 && g_bin_dir[n - 1] == '/') g_bin_dir[--n] = '\0';
+    if (!strcmp(g_bin_dir, "bin") || !strcmp(g_bin_dir, "./bin")) snprintf(g_out_root, sizeof g_out_root, "build/test_out");
+    else if (n > 4 && !strcmp(g_bin_dir + n - 4, "/bin"))
+        snprintf(g_out_root, sizeof g_out_root, "%.*s/test_out", (int)(n - 4), g_bin_dir);
+    else snprintf(g_out_root, sizeof g_out_root, "%s/test_out", g_bin_dir);
 }
+
+const char *dl_test_bin_dir(void) { return g_bin_dir; }
 
 const char *dl_test_out_dir(const char *sub)
 {
-    static _Thread_local char buf[512];
-    snprintf(buf, sizeof buf, "build/test_out/%s", sub);
-    char cmd[600];
+    static _Thread_local char buf[1024];
+    snprintf(buf, sizeof buf, "%s/%s", g_out_root, sub);
+    char cmd[1200];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", buf);
     if (system(cmd) != 0) fprintf(stdout, "    cannot create %s\n", buf);
     return buf;
@@ -123,9 +142,10 @@ const char *dl_test_out_dir(const char *sub)
 
 int dl_test_run(const char *cmd)
 {
-    char full[4096];
-    if (system("mkdir -p build/test_out") != 0) return -1;
-    snprintf(full, sizeof full, "( %s ) > build/test_out/last_cmd.log 2>&1", cmd);
+    char full[6000];
+    snprintf(full, sizeof full, "mkdir -p '%s'", g_out_root);
+    if (system(full) != 0) return -1;
+    snprintf(full, sizeof full, "( %s ) > '%s/last_cmd.log' 2>&1", cmd, g_out_root);
     int rc = system(full);
     if (rc == -1) return -1;
     if (WIFEXITED(rc)) return WEXITSTATUS(rc);
@@ -134,7 +154,9 @@ int dl_test_run(const char *cmd)
 
 char *dl_test_read_log(void)
 {
-    FILE *f = fopen("build/test_out/last_cmd.log", "rb");
+    char path[700];
+    snprintf(path, sizeof path, "%s/last_cmd.log", g_out_root);
+    FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     size_t cap = 1 << 16, n = 0, got;
     char *buf = malloc(cap + 1);
@@ -185,6 +207,7 @@ static int cmp_tests(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : "";
+    test_dirs_init(argv[0]);
     if (!strcmp(filter, "--help") || !strcmp(filter, "-h")) {
         printf("usage: run_tests [FILTER]\n"
                "Runs every test whose \"group/name\" contains FILTER (all if empty),\n"

@@ -71,13 +71,15 @@ void     dl_test_fill(dl_test_rng *r, float *x, size_t n, float lo, float hi);
  * if the allocation fails. */
 int      dl_test_rand_tensor(void *tensor, dl_test_rng *r, int ndim, const int64_t shape[]);
 
-/* Where lesson binaries live ("bin", or DL_BIN_DIR from the environment). */
+/* Where lesson binaries live: DL_BIN_DIR from the environment, else the
+ * folder run_tests was started from ("bin" for bin/run_tests). */
 const char *dl_test_bin_dir(void);
-/* A scratch directory for outputs, created if missing: build/test_out/<sub>.
+/* A scratch directory for outputs, created if missing: <out>/<sub>, where
+ * <out> is build/test_out for bin/ and build/x/test_out for build/x/bin/.
  * The returned buffer is reused by the next call: copy it if you keep it. */
 const char *dl_test_out_dir(const char *sub);
 /* Run a shell command, return its exit status (or -1); output goes to
- * build/test_out/last_cmd.log and is shown on failure by the caller. */
+ * <out>/last_cmd.log and is shown on failure by the caller. */
 int dl_test_run(const char *cmd);
 /* The whole output of the last dl_test_run, NUL-terminated; free() it. NULL if none. */
 char *dl_test_read_log(void);
