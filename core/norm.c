@@ -15,10 +15,9 @@ static dl_status check_affine(const char *op, const dl_tensor *weight, const dl_
     return DL_OK;
 }
 
-static dl_status check_group_norm(const dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
-                                  const dl_tensor *bias, int groups, float eps)
+dl_status group_norm_check_args(const char *op, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                                int groups, float eps)
 {
-    const char *op = "group_norm";
     if (!x || !x->data) return dl_fail(DL_ERR_ARG, "%s: x is missing (NULL tensor)", op);
     if (x->ndim < 2) {
         char s[64];
@@ -30,8 +29,14 @@ static dl_status check_group_norm(const dl_tensor *out, const dl_tensor *x, cons
         return dl_fail(DL_ERR_ARG, "%s: %lld channels cannot be split into %d equal groups",
                        op, (long long)C, groups);
     if (!(eps >= 0.0f)) return dl_fail(DL_ERR_ARG, "%s: eps %g must be >= 0", op, (double)eps);
-    DL_TRY(check_affine(op, weight, bias, C));
-    return dl_check_shape(out, op, "out", x->ndim, x->shape);
+    return check_affine(op, weight, bias, C);
+}
+
+static dl_status check_group_norm(const dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
+                                  const dl_tensor *bias, int groups, float eps)
+{
+    DL_TRY(group_norm_check_args("group_norm", x, weight, bias, groups, eps));
+    return dl_check_shape(out, "group_norm", "out", x->ndim, x->shape);
 }
 
 static dl_status check_layer_norm(const dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
@@ -108,7 +113,7 @@ dl_status layer_norm_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_te
  * would cancel catastrophically when |mean| >> std, so we sum d = x - x0
  * around a sample x0 of the data (the "shifted data" method), in double:
  *     mean = x0 + sum(d) / n,   var = sum(d^2) / n - (sum(d) / n)^2     */
-static void shifted_moments(const float *x, int64_t n, double *mean, double *var)
+void norm_shifted_moments(const float *x, int64_t n, double *mean, double *var)
 {
     double x0 = x[0], s = 0.0, ss = 0.0;
     #pragma omp simd reduction(+:s, ss)
@@ -139,7 +144,7 @@ dl_status group_norm_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor
         const float *xg = x->data + (n * C + g * Cg) * S;
         float *yg = out->data + (n * C + g * Cg) * S;
         double mean, var;
-        shifted_moments(xg, Cg * S, &mean, &var);
+        norm_shifted_moments(xg, Cg * S, &mean, &var);
         float rstd = (float)(1.0 / sqrt(var + (double)eps));
         float m = (float)mean;
         for (int64_t c = 0; c < Cg; c++) {
@@ -171,7 +176,7 @@ dl_status layer_norm_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor
         const float *xr = x->data + r * C;
         float *yr = out->data + r * C;
         double mean, var;
-        shifted_moments(xr, C, &mean, &var);
+        norm_shifted_moments(xr, C, &mean, &var);
         float rstd = (float)(1.0 / sqrt(var + (double)eps));
         float m = (float)mean;
         if (wd && bd) {
@@ -325,6 +330,7 @@ dl_status group_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
                               const dl_tensor *x, const dl_tensor *weight, int groups, float eps)
 {
     DL_TRY(check_group_norm_backward("group_norm_backward", dx, dweight, dbias, dout, x, weight, groups, eps));
+    if (!dx && !dweight && !dbias) return DL_OK;
     int64_t N = x->shape[0], C = x->shape[1];
     int64_t S = x->numel / (N * C);
     int64_t Cg = C / groups;
@@ -343,7 +349,7 @@ dl_status group_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
         const float *xg = x->data + (n * C + g * Cg) * S;
         const float *dyg = dout->data + (n * C + g * Cg) * S;
         double mean, var;
-        shifted_moments(xg, Cg * S, &mean, &var);
+        norm_shifted_moments(xg, Cg * S, &mean, &var);
         const float rstd = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
         /* pass 1: per channel sum(dy) and sum(dy * xhat); the group means of
          * g = dy * w and g * xhat follow from them (w is constant per channel) */
@@ -423,7 +429,7 @@ dl_status layer_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
         for (int64_t r = 0; r < rows; r++) {
             const float *xr = x->data + r * C, *dyr = dout->data + r * C;
             double mean, var;
-            shifted_moments(xr, C, &mean, &var);
+            norm_shifted_moments(xr, C, &mean, &var);
             const float rstd = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
             float sg = 0.0f, sgx = 0.0f;          /* sums of g = dy * w and of g * xhat */
             for (int64_t c = 0; c < C; c++) {

@@ -65,4 +65,38 @@ dl_status layer_norm_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *
 dl_status layer_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
                               const dl_tensor *x, const dl_tensor *weight, float eps);
 
+/* ------------------------------------------------------------------ */
+/* GroupNorm followed by SiLU: the pair that opens both halves of every
+ * ResBlock, fused so that the backward pass never writes the intermediate
+ * gradient dn to memory (norm_silu.c).
+ *
+ *     n = group_norm(x, weight, bias),  a = silu(n) = n * sigmoid(n)
+ *
+ * The forward writes both n and a (the backward needs n). The backward
+ * takes da = dL/da and adds to dx (and dweight, dbias) what
+ * group_norm_backward(dn) would with dn = da * silu'(n),
+ * silu'(n) = s (1 + n (1 - s)), s = sigmoid(n). Same accumulate / NULL
+ * rules as group_norm_backward. The _ref versions are literally the two
+ * reference kernels one after the other. */
+dl_status group_norm_silu_forward_ref(dl_tensor *n_out, dl_tensor *a_out, const dl_tensor *x, const dl_tensor *weight,
+                                      const dl_tensor *bias, int groups, float eps);
+dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_tensor *x, const dl_tensor *weight,
+                                  const dl_tensor *bias, int groups, float eps);
+dl_status group_norm_silu_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                                       const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                                       int groups, float eps);
+dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                                   const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                                   int groups, float eps);
+
+/* The argument checks of group_norm (x [N, C, ...] with 2 to 4 dims, C
+ * divisible by groups, eps >= 0, weight / bias [C] or NULL), for kernels
+ * built on it; messages start with op. */
+dl_status group_norm_check_args(const char *op, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                                int groups, float eps);
+
+/* Mean and (biased) variance of n floats in one pass, in double, summing
+ * x - x[0] so that a large mean does not cancel the variance away. */
+void norm_shifted_moments(const float *x, int64_t n, double *mean, double *var);
+
 #endif

@@ -466,8 +466,8 @@ static dl_status forward_body(toy_unet *n, const dl_tensor *x_in, const float *t
         TRACE(n->up_sample[i].name, h);
     }
     dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a);      /* head */
-    DL_TRY(group_norm_forward(&out_n, &h, &n->norm_out_w->value, &n->norm_out_b->value, c->norm_groups, NORM_EPS));
-    DL_TRY(silu_forward(&out_a, &out_n));
+    DL_TRY(group_norm_silu_forward(&out_n, &out_a, &h, &n->norm_out_w->value, &n->norm_out_b->value,
+                                   c->norm_groups, NORM_EPS));
     DL_TRY(conv2d_forward(eps_out, &out_a, &n->conv_out_w->value, &n->conv_out_b->value, 1, 1));
     TRACE("conv_out", *eps_out);
     return DL_OK;
@@ -526,14 +526,12 @@ static dl_status backward_body(toy_unet *n, const dl_tensor *deps, dl_tensor *dx
     size_t mark = dl_arena_mark(scr);
 
     /* head: eps = conv_out(silu(conv_norm_out(h))) */
-    dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a), h_last = BV(*n->h_last), d_oa, d_on;
+    dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a), h_last = BV(*n->h_last), d_oa;
     DL_TRY(toy_scratch_tensor(scr, &d_oa, 4, out_a.shape, 1));
     DL_TRY(conv2d_backward(&d_oa, &n->conv_out_w->grad, &n->conv_out_b->grad, deps, &out_a, &n->conv_out_w->value, 1, 1));
-    DL_TRY(toy_scratch_tensor(scr, &d_on, 4, out_n.shape, 1));
-    DL_TRY(silu_backward(&d_on, &d_oa, &out_n));
     dl_tensor dh = pp_next(&pp, &h_last), dn;
-    DL_TRY(group_norm_backward(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_on, &h_last,
-                               &n->norm_out_w->value, c->norm_groups, NORM_EPS));
+    DL_TRY(group_norm_silu_backward(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_oa, &h_last, &out_n,
+                                    &n->norm_out_w->value, c->norm_groups, NORM_EPS));
     dl_arena_reset(scr, mark);
 
     for (int i = L - 1; i >= 0; i--) {                  /* up path, last block first */

@@ -235,14 +235,12 @@ dl_status toy_resblock_forward(toy_resblock *b, const dl_tensor *x, const dl_ten
     dl_tensor out = toy_batch_view(&b->out, B), tproj2;
     DL_TRY(dl_tensor_reshape(&tproj2, &tproj, 2, DL_SHAPE(B, b->out_ch)));
 
-    DL_TRY(group_norm_forward(&n1, x, &b->norm1_w->value, &b->norm1_b->value, b->groups, b->eps));
-    DL_TRY(silu_forward(&a1, &n1));
+    DL_TRY(group_norm_silu_forward(&n1, &a1, x, &b->norm1_w->value, &b->norm1_b->value, b->groups, b->eps));
     DL_TRY(conv2d_forward(&h, &a1, &b->conv1_w->value, &b->conv1_b->value, 1, 1));
     /* the time embedding shifts every channel: one number per (image, channel) */
     DL_TRY(linear_forward(&tproj2, temb_act, &b->temb_w->value, &b->temb_b->value));  /* [B, out] */
     DL_TRY(add_forward(&h, &h, &tproj));                                               /* + [B, out, 1, 1] */
-    DL_TRY(group_norm_forward(&n2, &h, &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
-    DL_TRY(silu_forward(&a2, &n2));
+    DL_TRY(group_norm_silu_forward(&n2, &a2, &h, &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
     DL_TRY(conv2d_forward(&out, &a2, &b->conv2_w->value, &b->conv2_b->value, 1, 1));
     if (!b->short_w) return add_forward(&out, &out, x);           /* out += x */
     size_t mark = dl_arena_mark(scratch);
@@ -434,11 +432,9 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
     else DL_TRY(add_backward(dx, NULL, dout));                        /* identity: dx += dout */
     GRAD(d_a2, a2);
     DL_TRY(conv2d_backward(&d_a2, &b->conv2_w->grad, &b->conv2_b->grad, dout, &a2, &b->conv2_w->value, 1, 1));
-    GRAD(d_n2, n2);
-    DL_TRY(silu_backward(&d_n2, &d_a2, &n2));
-    GRAD(d_h, h);
-    DL_TRY(group_norm_backward(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_n2, &h, &b->norm2_w->value,
-                               b->groups, b->eps));
+    GRAD(d_h, h);                          /* through silu and norm2 in one kernel */
+    DL_TRY(group_norm_silu_backward(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_a2, &h, &n2, &b->norm2_w->value,
+                                    b->groups, b->eps));
     /* h = conv1(a1) + tproj[:, :, None, None]: tproj's gradient sums d_h over the pixels */
     dl_tensor d_tproj, d_tproj2;
     DL_TRY(toy_scratch_tensor(scratch, &d_tproj, 4, DL_SHAPE(B, b->out_ch, 1, 1), 1));
@@ -448,10 +444,8 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
                            &b->temb_w->value));
     GRAD(d_a1, a1);
     DL_TRY(conv2d_backward(&d_a1, &b->conv1_w->grad, &b->conv1_b->grad, &d_h, &a1, &b->conv1_w->value, 1, 1));
-    GRAD(d_n1, n1);
-    DL_TRY(silu_backward(&d_n1, &d_a1, &n1));
-    return group_norm_backward(dx, &b->norm1_w->grad, &b->norm1_b->grad, &d_n1, &b->x, &b->norm1_w->value,
-                               b->groups, b->eps);
+    return group_norm_silu_backward(dx, &b->norm1_w->grad, &b->norm1_b->grad, &d_a1, &b->x, &n1, &b->norm1_w->value,
+                                    b->groups, b->eps);
 }
 
 dl_status toy_resblock_backward(toy_resblock *b, dl_tensor *dx, dl_tensor *dtemb_act,

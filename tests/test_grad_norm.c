@@ -14,6 +14,7 @@
 #include "testing.h"
 #include "gradcheck.h"
 #include "../core/norm.h"
+#include "../core/elementwise.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -163,4 +164,89 @@ TEST(layer_norm_backward, errors)
     }
     dl_tensor *all[] = {&x, &w, &dout, &dout_bad, &dx, &db_bad};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+/* ---- GroupNorm + SiLU, fused (norm_silu.c): the same tolerances as
+ * group_norm (silu is smooth, its derivative <= 1.1) ---- */
+
+typedef struct { dl_tensor x, w, b, n, a; int groups, affine; } gns_case;
+
+static dl_status gns_forward(gc_op *op)
+{
+    gns_case *c = op->ctx;
+    return group_norm_silu_forward_ref(&c->n, &c->a, &c->x, c->affine ? &c->w : NULL, c->affine ? &c->b : NULL,
+                                       c->groups, 1e-5f);
+}
+
+static dl_status gns_backward(gc_op *op, int fast, dl_tensor *g[], const dl_tensor *da)
+{
+    gns_case *c = op->ctx;
+    /* n must belong to the unperturbed inputs: recompute it (the check perturbs x, w, b) */
+    DL_TRY(group_norm_silu_forward_ref(&c->n, &c->a, &c->x, c->affine ? &c->w : NULL, c->affine ? &c->b : NULL,
+                                       c->groups, 1e-5f));
+    return (fast ? group_norm_silu_backward : group_norm_silu_backward_ref)(
+        g[0], c->affine ? g[1] : NULL, c->affine ? g[2] : NULL, da, &c->x, &c->n, c->affine ? &c->w : NULL,
+        c->groups, 1e-5f);
+}
+
+static void gns_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int groups, int affine, int mode)
+{
+    gns_case c = {.groups = groups, .affine = affine};
+    const int64_t C = shape[1];
+    if (!dl_test_rand_tensor(&c.x, r, ndim, shape) || !dl_test_rand_tensor(&c.n, r, ndim, shape) ||
+        !dl_test_rand_tensor(&c.a, r, ndim, shape) || !dl_test_rand_tensor(&c.w, r, 1, DL_SHAPE(C)) ||
+        !dl_test_rand_tensor(&c.b, r, 1, DL_SHAPE(C)))
+        return;
+    for (int64_t i = 0; i < C; i++) c.w.data[i] += 1.5f;
+    gc_op op = {.ninputs = affine ? 3 : 1, .inputs = {&c.x, &c.w, &c.b}, .names = {"dx", "dweight", "dbias"},
+                .out = &c.a, .forward = gns_forward, .backward = gns_backward, .ctx = &c};
+    char sh[64];
+    snprintf(op.label, sizeof op.label, "group_norm_silu_backward x %s groups %d%s", dl_shape_str(&c.x, sh, sizeof sh),
+             groups, affine ? "" : " no affine");
+    gc_check_op(&op, r, NORM_TOL, mode);
+    dl_tensor *all[] = {&c.x, &c.w, &c.b, &c.n, &c.a};
+    for (int i = 0; i < 5; i++) dl_tensor_free(all[i]);
+}
+
+TEST(group_norm_silu, gradcheck_and_fast)
+{
+    dl_test_rng r = {0x6e5117u};
+    gns_case_run(&r, 4, DL_SHAPE(2, 6, 3, 3), 3, 1, GC_NUMERIC);     // 2 channels per group
+    gns_case_run(&r, 4, DL_SHAPE(1, 3, 7, 1), 1, 1, GC_NUMERIC);     // one group
+    gns_case_run(&r, 3, DL_SHAPE(3, 4, 5), 2, 0, GC_NUMERIC);        // [N, C, L], no affine
+    gns_case_run(&r, 4, DL_SHAPE(5, 16, 32, 32), 8, 1, GC_BIG);      // the toy U-Net's first level (threaded)
+    gns_case_run(&r, 4, DL_SHAPE(3, 12, 7, 9), 4, 0, GC_NO_NUMERIC);
+}
+
+/* The fused forward equals group_norm then silu; the fused backward equals
+ * silu_backward then group_norm_backward (fast kernels both sides). */
+TEST(group_norm_silu, same_as_the_two_kernels)
+{
+    dl_test_rng r = {0x5e11u};
+    const int64_t *shape = DL_SHAPE(4, 32, 16, 16);
+    dl_tensor x, w, b, da, n1, a1, n2, a2, dn, dx1, dx2, dw1, dw2, db1, db2;
+    if (!dl_test_rand_tensor(&x, &r, 4, shape) || !dl_test_rand_tensor(&da, &r, 4, shape) ||
+        !dl_test_rand_tensor(&w, &r, 1, DL_SHAPE(32)) || !dl_test_rand_tensor(&b, &r, 1, DL_SHAPE(32)))
+        return;
+    dl_tensor *outs[] = {&n1, &a1, &n2, &a2, &dn, &dx1, &dx2};
+    for (int i = 0; i < 7; i++) dl_tensor_alloc(outs[i], 4, shape);
+    dl_tensor *small[] = {&dw1, &dw2, &db1, &db2};
+    for (int i = 0; i < 4; i++) dl_tensor_alloc(small[i], 1, DL_SHAPE(32));
+    CHECK(group_norm_forward(&n1, &x, &w, &b, 8, 1e-5f) == DL_OK && silu_forward(&a1, &n1) == DL_OK, "%s", dl_error_message());
+    CHECK(group_norm_silu_forward(&n2, &a2, &x, &w, &b, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK_CLOSE_REL("fused n", &n2, &n1, 1e-6);
+    CHECK_CLOSE_REL("fused a", &a2, &a1, 1e-6);
+    CHECK(silu_backward(&dn, &da, &n1) == DL_OK &&
+          group_norm_backward(&dx1, &dw1, &db1, &dn, &x, &w, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK(group_norm_silu_backward(&dx2, &dw2, &db2, &da, &x, &n2, &w, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK_CLOSE_REL("fused dx", &dx2, &dx1, 1e-5);
+    CHECK_CLOSE_REL("fused dweight", &dw2, &dw1, 1e-5);
+    CHECK_CLOSE_REL("fused dbias", &db2, &db1, 1e-5);
+    /* errors name the op and the tensor */
+    EXPECT_FAIL(group_norm_silu_forward(&n2, &a2, &x, &w, &b, 7, 1e-5f), DL_ERR_ARG, "group_norm_silu", "7 groups");
+    EXPECT_FAIL(group_norm_silu_forward(&n2, &n2, &x, &w, &b, 8, 1e-5f), DL_ERR_ARG, "share memory", "n_out = a_out");
+    EXPECT_FAIL(group_norm_silu_backward(&dx2, NULL, NULL, &da, &x, &dw1, &w, 8, 1e-5f), DL_ERR_SHAPE, "n", "n of the wrong shape");
+    EXPECT_FAIL(group_norm_silu_backward(&x, NULL, NULL, &da, &x, &n2, &w, 8, 1e-5f), DL_ERR_ARG, "overlaps", "dx = x");
+    dl_tensor *all[] = {&x, &w, &b, &da, &n1, &a1, &n2, &a2, &dn, &dx1, &dx2, &dw1, &dw2, &db1, &db2};
+    for (int i = 0; i < 15; i++) dl_tensor_free(all[i]);
 }
