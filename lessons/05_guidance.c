@@ -140,8 +140,12 @@ static void grid_figure(dl_image *out, const guidance_grid *G, int show_x0, int 
 {
     static char col_text[NG + 1][48], row_text[16][8];
     const char *cols[NG + 1], *rows[16];
-    for (int k = 0; k < NG; k++) { snprintf(col_text[k], sizeof col_text[k], "g = %g", GUIDANCE[k]); cols[k] = col_text[k]; }
-    snprintf(col_text[NG], sizeof col_text[NG], "%s", G->heat_label);
+    const int compact = zoom < 3;            /* the live window: short labels */
+    for (int k = 0; k < NG; k++) {
+        snprintf(col_text[k], sizeof col_text[k], compact ? "g=%g" : "g = %g", GUIDANCE[k]);
+        cols[k] = col_text[k];
+    }
+    snprintf(col_text[NG], sizeof col_text[NG], "%s", compact ? "heat" : G->heat_label);
     cols[NG] = col_text[NG];
     for (int r = 0; r < G->classes; r++) { snprintf(row_text[r], sizeof row_text[r], "%d", r); rows[r] = row_text[r]; }
     const int S = (int)G->s[0].x.shape[2];
@@ -292,12 +296,13 @@ static void run_live(dl_app *app, guidance_grid *G)
 {
     dl_image frame;
     char title[200];
-    snprintf(title, sizeof title, "guidance: DDIM step 0/%d", G->steps);
+    snprintf(title, sizeof title, "step 0/%d", G->steps);
     grid_figure(&frame, G, 0, 2, title);              /* to learn the window size */
-    viz_window *win = viz_open("difflab 05 - guidance", frame.w, frame.h + 40, 1);
+    const int W = frame.w > 580 ? frame.w : 580, H = frame.h + 60;
+    viz_window *win = viz_open("difflab 05 - guidance", W, H, 1);
     if (!win) dl_die("run with --headless to write the pictures instead");
     dl_image canvas;
-    if (dl_image_alloc(&canvas, frame.w, frame.h + 40, 3) != DL_OK) dl_die(NULL);
+    if (dl_image_alloc(&canvas, W, H, 3) != DL_OK) dl_die(NULL);
     dl_image_free(&frame);
     int playing = 1, show_x0 = 0, dirty = 1, shots = 0;
     for (int64_t frame_no = 0, running = 1; running; frame_no++) {
@@ -324,15 +329,14 @@ static void run_live(dl_app *app, guidance_grid *G)
         if (playing && !grid_done(G)) { grid_tick(G); dirty = 1; }
         if (dirty) {
             int done = G->s[0].step_index;
-            snprintf(title, sizeof title, "guidance: DDIM step %d/%d (t = %d), showing %s", done, G->steps,
-                     dl_sampler_current_t(&G->s[0]), show_x0 ? "predicted x_0" : "x_t");
+            snprintf(title, sizeof title, "step %d/%d  t=%d  %s  heat: g=%g", done, G->steps,
+                     dl_sampler_current_t(&G->s[0]), show_x0 ? "x0_hat" : "x_t", GUIDANCE[G->heat_col]);
             grid_figure(&frame, G, show_x0, 2, title);
             dl_image_fill(&canvas, 255, 255, 255);
             dl_image_blit(&canvas, &frame, 0, 0);
             dl_image_free(&frame);
-            dl_image_draw_text(&canvas, 8, canvas.h - 30,
-                               "space: play/pause  right: step  r: new noise  up/down: heat column  x: x_t/x_0  s: save  q: quit",
-                               80, 80, 80, 2);
+            dl_image_draw_text(&canvas, 8, canvas.h - 52, "space play  right step  r new noise", 80, 80, 80, 2);
+            dl_image_draw_text(&canvas, 8, canvas.h - 26, "up/down heat column  x x_t/x0  s save  q quit", 80, 80, 80, 2);
             viz_present(win, &canvas);
             dirty = 0;
         }

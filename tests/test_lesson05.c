@@ -125,3 +125,18 @@ TEST(lesson05, help_and_bad_arguments)
             dl_test_show_log();
     }
 }
+
+/* The live window on SDL's display-less "dummy" driver: a few frames, then
+ * the program saves what the window showed. */
+TEST(lesson05, live_window_runs)
+{
+    char dir[512], cmd[1024], path[700];
+    snprintf(dir, sizeof dir, "%s", dl_test_out_dir("lesson05/live"));
+    snprintf(path, sizeof path, "%s/05_guidance_window.png", dir);
+    remove(path);
+    snprintf(cmd, sizeof cmd, ENV "env -u DISPLAY -u WAYLAND_DISPLAY SDL_VIDEODRIVER=dummy %s/05_guidance --max-frames 3 "
+             "--steps 4 --out %s", dl_test_bin_dir(), dir);
+    int rc = dl_test_run(cmd);
+    if (!CHECK(rc == 0 && dl_test_file_ok(path), "exit %d, %s %s", rc, path, dl_test_file_ok(path) ? "written" : "missing"))
+        dl_test_show_log();
+}
