@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ENV "OMP_WAIT_POLICY=passive "
+#define ENV "OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 "   /* small batches: one thread is enough, and a busy machine cannot stall it */
 
 /* ---- the exercises -------------------------------------------------------- */
 
