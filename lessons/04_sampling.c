@@ -114,16 +114,9 @@ static void free_model(model *m)
  * black..white, enlarged `zoom` times. */
 static dl_image tile(const dl_tensor *t, int b, float range, int zoom)
 {
-    int64_t per = t->numel / t->shape[0];
-    dl_tensor item;
-    if (dl_tensor_alloc(&item, 4, DL_SHAPE(1, t->shape[1], t->shape[2], t->shape[3])) != DL_OK) dl_die(NULL);
-    for (int64_t i = 0; i < per; i++) item.data[i] = t->data[b * per + i] / range;
-    dl_image small, big;
-    if (dl_tensor_to_image(&small, &item, 0) != DL_OK) dl_die(NULL);
-    if (dl_image_scale_nearest(&big, &small, zoom) != DL_OK) dl_die(NULL);
-    dl_image_free(&small);
-    dl_tensor_free(&item);
-    return big;
+    dl_image img;
+    if (dl_tensor_item_image(&img, t, b, range, zoom) != DL_OK) dl_die(NULL);
+    return img;
 }
 
 /* ------------------------------------------------------------------------ */
