@@ -215,6 +215,18 @@ dl_status dl_sampler_init(dl_sampler *s, dl_sampler_kind kind, const dl_schedule
     if (st == DL_OK && saved_needed(kind)) st = dl_tensor_alloc(&s->saved, ndim, shape);
     if (st == DL_OK && saved_needed(kind)) st = dl_tensor_alloc(&s->saved_d, ndim, shape);
     if (st == DL_OK) st = setup(s);
+    /* Some corner cases give diffusers (and so us) a NaN schedule, e.g.
+     * kdpm2_a with 2 linspace steps: sqrt of a slightly negative
+     * sigma_next^2 - sigma_up^2. Refuse them here rather than sample NaN. */
+    for (int i = 0; st == DL_OK && i < s->num_calls; i++)
+        if (!isfinite(s->timesteps[i]) || s->timesteps[i] < 0 || s->timesteps[i] > T - 1)
+            st = dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): %d %s steps give an invalid timestep at call %d (%g); "
+                         "use another step count or spacing", dl_sampler_names[kind], num_steps,
+                         dl_spacing_names[s->cfg.timestep_spacing], i, (double)s->timesteps[i]);
+    for (int i = 0; st == DL_OK && s->sigmas && i < s->num_sigmas; i++)
+        if (!isfinite(s->sigmas[i]))
+            st = dl_fail(DL_ERR_ARG, "dl_sampler_init (%s): %d %s steps give a non-finite sigma %d",
+                         dl_sampler_names[kind], num_steps, dl_spacing_names[s->cfg.timestep_spacing], i);
     if (st != DL_OK) { dl_sampler_free(s); return st; }
     return DL_OK;
 }

@@ -369,3 +369,34 @@ TEST(schedulers, guidance_rescale)
     dl_cfg_rescale(eps, cond, phi, B, PER);
     CHECK_CLOSE("rescale_noise_cfg", eps, want, B * PER, 1e-5);
 }
+
+/* Every sampler, 1..6 steps, every spacing, on DDPM's linear schedule (the
+ * toy model's): either a schedule of finite timesteps in [0, T) and finite
+ * sigmas, or a clean error (kdpm2_a with 2 linspace steps: diffusers itself
+ * computes a NaN timestep there). */
+TEST(schedulers, small_step_counts_never_give_nan)
+{
+    dl_schedule sched;
+    if (!CHECK(dl_schedule_init(&sched, DL_SCHEDULE_LINEAR, 1000, 1e-4, 0.02) == DL_OK, "%s", dl_error_message())) return;
+    int refused = 0;
+    for (int sp = 0; sp < DL_SPACING_COUNT; sp++)
+        for (int k = 0; k < DL_SAMPLER_COUNT; k++)
+            for (int n = 1; n <= 6; n++) {
+                dl_sampler_config cfg = dl_sampler_config_default();
+                cfg.timestep_spacing = (dl_timestep_spacing)sp;
+                dl_sampler s;
+                if (dl_sampler_init(&s, (dl_sampler_kind)k, &sched, &cfg, n, 0.0f, 4, DL_SHAPE(1, 1, 2, 2)) != DL_OK) {
+                    CHECK(strstr(dl_error_message(), dl_sampler_names[k]) != NULL, "error does not name the sampler: %s",
+                          dl_error_message());
+                    refused++;
+                    continue;
+                }
+                for (int i = 0; i < s.num_calls; i++)
+                    CHECK(isfinite(s.timesteps[i]) && s.timesteps[i] >= 0 && s.timesteps[i] <= 999,
+                          "%s %d %s steps: timestep %d = %g", dl_sampler_names[k], n, dl_spacing_names[sp], i,
+                          (double)s.timesteps[i]);
+                dl_sampler_free(&s);
+            }
+    CHECK(refused >= 1, "kdpm2_a with 2 linspace steps should be refused");
+    dl_schedule_free(&sched);
+}
