@@ -131,4 +131,16 @@ uint16_t dl_f32_to_f16(float f);
 float    dl_bf16_to_f32(uint16_t h);
 uint16_t dl_f32_to_bf16(float f);
 
+/* Widen n packed half (or bfloat16) values at src (any alignment) to
+ * float32. The plain versions are the fast ones: F16C instructions (8 values
+ * per instruction) when the build targets a CPU that has them, and several
+ * threads for large n. The _ref versions are the definition, one value at a
+ * time through dl_f16_to_f32 / dl_bf16_to_f32. Both give the same floats,
+ * bit for bit, except that F16C turns a signalling NaN into a quiet one (it
+ * stays a NaN with the same sign). dl_st_read_f32 uses the fast ones. */
+void dl_f16_to_f32_array(float *dst, const void *src, int64_t n);
+void dl_f16_to_f32_array_ref(float *dst, const void *src, int64_t n);
+void dl_bf16_to_f32_array(float *dst, const void *src, int64_t n);
+void dl_bf16_to_f32_array_ref(float *dst, const void *src, int64_t n);
+
 #endif

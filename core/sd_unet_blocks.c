@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "attention.h"
 #include "conv2d.h"
@@ -83,6 +84,30 @@ void sd_tokens_to_nchw(float *x, const float *tok, int B, int C, int L)
             }
 }
 
+/* ---- profile (sd_set_profile) ---------------------------------------------- */
+
+const char *const sd_op_names[SD_OP_KINDS] = {"conv", "linear", "attention", "geglu", "norm", "weights"};
+static sd_profile *g_profile;
+
+void sd_set_profile(sd_profile *p) { g_profile = p; }
+
+static double prof_now(void)
+{
+    if (!g_profile) return 0.0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Book the time since t0 (from prof_now) and `flops` under `kind`. */
+static void prof_add(sd_op_kind kind, double t0, double flops)
+{
+    if (!g_profile) return;
+    g_profile->seconds[kind] += prof_now() - t0;
+    g_profile->flops[kind] += flops;
+    g_profile->calls[kind]++;
+}
+
 /* ---- weights and single ops ------------------------------------------------ */
 
 dl_status sd_get_weight(const sd_ctx *c, dl_tensor *t, const char *prefix, const char *suffix,
@@ -100,10 +125,11 @@ static dl_status get_pair(const sd_ctx *c, const char *prefix, dl_tensor *w, int
                           dl_tensor *b, int64_t bsize)
 {
     memset(b, 0, sizeof *b);
+    double t0 = prof_now();
     DL_TRY(sd_get_weight(c, w, prefix, "weight", wdim, wshape));
-    if (bsize <= 0) return DL_OK;
-    dl_status s = sd_get_weight(c, b, prefix, "bias", 1, DL_SHAPE(bsize));
+    dl_status s = bsize > 0 ? sd_get_weight(c, b, prefix, "bias", 1, DL_SHAPE(bsize)) : DL_OK;
     if (s != DL_OK) dl_tensor_free(w);
+    prof_add(SD_OP_WEIGHTS, t0, 0);
     return s;
 }
 
@@ -118,7 +144,9 @@ dl_status sd_group_norm(const sd_ctx *c, const char *prefix, dl_tensor *out, con
     int64_t C = x->shape[1];
     dl_tensor w, b;
     DL_TRY(get_pair(c, prefix, &w, 1, DL_SHAPE(C), &b, C));
+    double t0 = prof_now();
     dl_status s = group_norm_forward(out, x, &w, &b, c->groups, eps);
+    prof_add(SD_OP_NORM, t0, 0);
     put_pair(&w, &b);
     return s;
 }
@@ -128,7 +156,9 @@ dl_status sd_layer_norm(const sd_ctx *c, const char *prefix, dl_tensor *out, con
     int64_t C = x->shape[x->ndim - 1];
     dl_tensor w, b;
     DL_TRY(get_pair(c, prefix, &w, 1, DL_SHAPE(C), &b, C));
+    double t0 = prof_now();
     dl_status s = layer_norm_forward(out, x, &w, &b, eps);
+    prof_add(SD_OP_NORM, t0, 0);
     put_pair(&w, &b);
     return s;
 }
@@ -138,7 +168,9 @@ dl_status sd_linear(const sd_ctx *c, const char *prefix, dl_tensor *out, const d
     int64_t fin = x->shape[x->ndim - 1], fout = out->shape[out->ndim - 1];
     dl_tensor w, b;
     DL_TRY(get_pair(c, prefix, &w, 2, DL_SHAPE(fout, fin), &b, has_bias ? fout : 0));
+    double t0 = prof_now();
     dl_status s = linear_forward(out, x, &w, has_bias ? &b : NULL);
+    prof_add(SD_OP_LINEAR, t0, 2.0 * (double)(x->numel / fin) * (double)fin * (double)fout);
     put_pair(&w, &b);
     return s;
 }
@@ -149,7 +181,9 @@ dl_status sd_conv(const sd_ctx *c, const char *prefix, dl_tensor *out, const dl_
     int64_t Co = out->shape[1], Ci = x->shape[1];
     dl_tensor w, b;
     DL_TRY(get_pair(c, prefix, &w, 4, DL_SHAPE(Co, Ci, k, k), &b, Co));
+    double t0 = prof_now();
     dl_status s = conv2d_forward(out, x, &w, &b, stride, padding);
+    prof_add(SD_OP_CONV, t0, 2.0 * (double)out->numel * (double)(Ci * k * k));
     put_pair(&w, &b);
     return s;
 }
@@ -264,7 +298,9 @@ static dl_status attention_sublayer(const sd_ctx *c, const char *bp, const char 
     DL_TRY(sd_linear(c, SUB("to_k"), &k, kv_in, 0));
     DL_TRY(sd_linear(c, SUB("to_v"), &v, kv_in, 0));
     /* softmax(q k^T / sqrt(C / heads)) v, per head; chunked over the queries */
+    double t0 = prof_now();
     DL_TRY(attention_forward(&a, &q, &k, &v, heads, 0));
+    prof_add(SD_OP_ATTENTION, t0, 4.0 * (double)B * (double)L * (double)Lk * (double)C);
     DL_TRY(sd_linear(c, SUB("to_out.0"), &q, &a, 1));            /* q's memory is free again */
 #undef SUB
     snprintf(q_, sizeof q_, "%s.%s", bp, which);
@@ -272,15 +308,20 @@ static dl_status attention_sublayer(const sd_ctx *c, const char *bp, const char 
     return add_forward(t, t, &q);
 }
 
-/* h * gelu(g) for every row, where a row of p is [h (4C) | g (4C)]. */
-static void geglu_rows(float *m, const float *p, int64_t rows, int64_t inner)
+/* (h + bh) * gelu(g + bg) for every row, where a row of p is [h (4C) | g (4C)]
+ * without its bias and bias = [bh | bg]: adding the projection's bias here
+ * rather than in the GEMM saves a pass over the widest tensor of the block. */
+static void geglu_rows(float *m, const float *p, const float *bias, int64_t rows, int64_t inner)
 {
     #pragma omp parallel for schedule(static) if (dl_parallel_ok() && rows * inner > 65536)
     for (int64_t r = 0; r < rows; r++) {
-        const float *h = p + r * 2 * inner, *g = h + inner;
+        const float *h = p + r * 2 * inner, *g = h + inner, *bh = bias, *bg = bias + inner;
         float *o = m + r * inner;
-        for (int64_t j = 0; j < inner; j++)
-            o[j] = h[j] * (0.5f * g[j] * (1.0f + dl_erff_fast(g[j] * 0.70710678118654752f)));
+        #pragma omp simd
+        for (int64_t j = 0; j < inner; j++) {
+            float hj = h[j] + bh[j], gj = g[j] + bg[j];
+            o[j] = hj * (0.5f * gj * (1.0f + dl_erff_fast(gj * 0.70710678118654752f)));
+        }
     }
 }
 
@@ -310,9 +351,15 @@ static dl_status ff_sublayer(const sd_ctx *c, const char *bp, dl_tensor *t)
         dl_tensor_view(&pv, p.data, 2, DL_SHAPE(nr, 2 * inner));
         dl_tensor_view(&mv, m.data, 2, DL_SHAPE(nr, inner));
         dl_tensor_view(&fv, f.data + r0 * C, 2, DL_SHAPE(nr, C));
-        s = linear_forward(&pv, &nv, &w0, &b0);
-        if (s == DL_OK) geglu_rows(mv.data, pv.data, nr, inner);
+        double t0 = prof_now();
+        s = linear_forward(&pv, &nv, &w0, NULL);                 /* b0 is added by geglu_rows */
+        prof_add(SD_OP_LINEAR, t0, 2.0 * (double)nr * (double)C * (double)(2 * inner));
+        t0 = prof_now();
+        if (s == DL_OK) geglu_rows(mv.data, pv.data, b0.data, nr, inner);
+        prof_add(SD_OP_GEGLU, t0, 0);
+        t0 = prof_now();
         if (s == DL_OK) s = linear_forward(&fv, &mv, &w2, &b2);
+        prof_add(SD_OP_LINEAR, t0, 2.0 * (double)nr * (double)inner * (double)C);
     }
     put_pair(&w0, &b0);
     put_pair(&w2, &b2);
@@ -334,7 +381,9 @@ static dl_status token_proj(const sd_ctx *c, const char *p, const char *which, d
     dl_tensor w, b, w2;
     DL_TRY(get_pair(c, q_, &w, 4, DL_SHAPE(C, C, 1, 1), &b, C));
     dl_status s = dl_tensor_reshape(&w2, &w, 2, DL_SHAPE(C, C));
+    double t0 = prof_now();
     if (s == DL_OK) s = linear_forward(out, x, &w2, &b);
+    prof_add(SD_OP_LINEAR, t0, 2.0 * (double)(x->numel / C) * (double)C * (double)C);
     put_pair(&w, &b);
     return s;
 }
@@ -419,7 +468,9 @@ static dl_status vae_attention_body(const sd_ctx *c, const char *p, dl_tensor *o
     DL_TRY(sd_linear(c, SUB("to_q"), &q, &tok, 1));
     DL_TRY(sd_linear(c, SUB("to_k"), &k, &tok, 1));
     DL_TRY(sd_linear(c, SUB("to_v"), &v, &tok, 1));
+    double t0 = prof_now();
     DL_TRY(attention_forward(&a, &q, &k, &v, 1, 0));             /* one head, scale 1/sqrt(C) */
+    prof_add(SD_OP_ATTENTION, t0, 4.0 * (double)B * (double)L * (double)L * (double)C);
     DL_TRY(sd_linear(c, SUB("to_out.0"), &q, &a, 1));
 #undef SUB
     sd_tokens_to_nchw(out->data, q.data, B, C, L);

@@ -102,6 +102,23 @@ int sd_downsample_size(int in, int padding);
 dl_status sd_upsample_forward(const sd_ctx *c, const char *prefix, dl_tensor *out, const dl_tensor *x);
 size_t sd_upsample_scratch_floats(int B, int C, int Ho, int Wo);
 
+/* Where the time goes: while a profile is set, the ops of every block add
+ * their seconds (wall clock) and FLOPs to it, by kind. FLOPs are counted
+ * from the shapes (2 per multiply-add): conv 2 B Co Ho Wo Ci k k, linear
+ * 2 rows in out, attention 4 B Lq Lk C (its two matmuls); norms and GEGLU
+ * count none. "weights" is the time sd_weights_get takes (widening fp16).
+ * Off by default (NULL): then it costs one pointer test per op. Not
+ * thread-safe: one profile for the whole process (bin/bench_sd). */
+typedef enum { SD_OP_CONV, SD_OP_LINEAR, SD_OP_ATTENTION, SD_OP_GEGLU, SD_OP_NORM, SD_OP_WEIGHTS,
+               SD_OP_KINDS } sd_op_kind;
+extern const char *const sd_op_names[SD_OP_KINDS];   /* "conv", "linear", ... */
+typedef struct {
+    double seconds[SD_OP_KINDS];
+    double flops[SD_OP_KINDS];
+    long   calls[SD_OP_KINDS];
+} sd_profile;
+void sd_set_profile(sd_profile *p);   /* NULL: off */
+
 /* Fetch "<prefix>.<suffix>" with the given shape (float32; free with
  * dl_tensor_free). */
 dl_status sd_get_weight(const sd_ctx *c, dl_tensor *t, const char *prefix, const char *suffix,

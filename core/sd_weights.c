@@ -29,7 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "safetensors.h"
 
@@ -55,6 +57,16 @@ struct sd_weights_impl {
     int vae_levels;                        /* single file: number of VAE levels                */
     int text_has_text_model;               /* single file: "...transformer.text_model.*" keys  */
     int open_clip;                         /* single file: SD 2.x's OpenCLIP text encoder       */
+    sd_weights_patch_fn patch;             /* sd_weights_set_patch (LoRA), or NULL              */
+    void *patch_ctx;
+    /* the float32 cache (sd_weights_set_cache); zeroed = OFF */
+    sd_cache_mode cache_mode[SD_PART_COUNT];
+    int    cache_decided[SD_PART_COUNT];   /* AUTO resolved into cache_on                      */
+    int    cache_on[SD_PART_COUNT];
+    float **widened[SD_PART_COUNT];        /* per file: the copy of each entry, or NULL        */
+    float  *slab[SD_PART_COUNT];           /* per part: one mapping holding all its copies     */
+    size_t  slab_floats[SD_PART_COUNT], slab_used[SD_PART_COUNT];
+    size_t cache_bytes;
 };
 
 /* ------------------------------------------------------------------ */
@@ -190,11 +202,14 @@ dl_status sd_weights_open(sd_weights *w, const char *path)
     return DL_OK;
 }
 
+static void cache_drop(sd_weights *w, int file, int part);
+
 void sd_weights_close(sd_weights *w)
 {
     if (!w) return;
     if (w->impl) {
         for (int p = 0; p < SD_PART_COUNT; p++) {
+            cache_drop(w, p, -1);
             dl_st_close(&w->impl->files[p]);
             free(w->impl->config[p]);
         }
@@ -493,6 +508,198 @@ static void shape_text(int ndim, const int64_t *shape, char *buf, size_t size)
     if (used < size) snprintf(buf + used, size - used, "]");
 }
 
+/* ------------------------------------------------------------------ */
+/* Widened float32 copies: the cache (sd_weights_set_cache)            */
+
+/* Like dl_tensor_alloc (owned, 64-byte aligned) without the zero fill. */
+static dl_status alloc_unfilled(dl_tensor *t, int ndim, const int64_t shape[])
+{
+    int64_t n = dl_shape_numel(ndim, shape);
+    if (n < 0) return DL_ERR_SHAPE;
+    float *p = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) & ~(size_t)63);
+    if (!p) return dl_fail(DL_ERR_MEMORY, "sd_weights: cannot allocate %lld MiB", (long long)(n >> 18));
+    dl_status st = dl_tensor_view(t, p, ndim, shape);
+    if (st != DL_OK) { free(p); return st; }
+    t->owns_data = 1;
+    return DL_OK;
+}
+
+/* The file index (into impl->files) a part's tensors come from. */
+static int part_file(const sd_weights *w, sd_part part) { return w->layout == SD_LAYOUT_DIFFUSERS ? (int)part : 0; }
+
+/* Does entry `e` of the part's file belong to the part (a single file holds all three)? */
+static int entry_in_part(const sd_weights *w, sd_part part, const dl_st_entry *e)
+{
+    if (w->layout == SD_LAYOUT_DIFFUSERS) return 1;
+    if (part == SD_PART_UNET) return after(e->name, LDM_UNET) != NULL;
+    if (part == SD_PART_VAE) return after(e->name, LDM_VAE) != NULL;
+    return after(e->name, LDM_TEXT) != NULL || after(e->name, LDM_OPEN_CLIP) != NULL;
+}
+
+/* Is entry e served as a copy (anything but 4-byte aligned float32, which is a view)? */
+static int needs_copy(const dl_safetensors *f, const dl_st_entry *e)
+{
+    return e->dtype != DL_DTYPE_F32 || ((uintptr_t)(f->data + e->offset) % sizeof(float)) != 0;
+}
+
+size_t sd_weights_widened_bytes(sd_weights *w, sd_part part)
+{
+    if (!w || !w->impl || (unsigned)part >= SD_PART_COUNT) return 0;
+    const dl_safetensors *f = &w->impl->files[part_file(w, part)];
+    size_t bytes = 0;
+    for (int i = 0; i < f->count; i++) {
+        const dl_st_entry *e = &f->entries[i];
+        if (needs_copy(f, e) && entry_in_part(w, part, e)) bytes += (size_t)dl_st_numel(e) * sizeof(float);
+    }
+    return bytes;
+}
+
+/* MemAvailable from /proc/meminfo in bytes (free pages where there is none). */
+static size_t available_memory(void)
+{
+    FILE *fp = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (fp && fgets(line, sizeof line, fp))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    if (fp) fclose(fp);
+    if (kb) return (size_t)kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+}
+
+/* Free the copies of `part` made from file `file` (part < 0: every part). */
+static void cache_drop(sd_weights *w, int file, int part)
+{
+    sd_weights_impl *m = w->impl;
+    float **c = m->widened[file];
+    const dl_safetensors *f = &m->files[file];
+    int kept = 0;
+    for (int i = 0; c && i < f->count; i++) {
+        if (!c[i]) continue;
+        if (part >= 0 && !entry_in_part(w, (sd_part)part, &f->entries[i])) { kept = 1; continue; }
+        m->cache_bytes -= (size_t)dl_st_numel(&f->entries[i]) * sizeof(float);
+        c[i] = NULL;
+    }
+    if (c && !kept) {
+        free(c);
+        m->widened[file] = NULL;
+    }
+    for (int p = 0; p < SD_PART_COUNT; p++)
+        if ((part < 0 || p == part) && m->slab[p] && (part >= 0 || part_file(w, (sd_part)p) == file)) {
+            munmap(m->slab[p], m->slab_floats[p] * sizeof(float));
+            m->slab[p] = NULL;
+            m->slab_floats[p] = m->slab_used[p] = 0;
+        }
+}
+
+/* Room for n floats (64-byte aligned) in the part's slab: one anonymous
+ * mapping as large as the whole part widened, made at the first copy. Huge
+ * pages where the kernel offers them on request: the first call writes
+ * gigabytes of fresh memory, and 2 MB pages take 512x fewer page faults. */
+static float *slab_take(sd_weights *w, sd_part part, int64_t n)
+{
+    sd_weights_impl *m = w->impl;
+    if (!m->slab[part]) {
+        const dl_safetensors *f = &m->files[part_file(w, part)];
+        size_t floats = 0;
+        for (int i = 0; i < f->count; i++)
+            if (needs_copy(f, &f->entries[i]) && entry_in_part(w, part, &f->entries[i]))
+                floats += ((size_t)dl_st_numel(&f->entries[i]) + 15) & ~(size_t)15;
+        if (floats == 0) return NULL;
+        void *p = mmap(NULL, floats * sizeof(float), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(p, floats * sizeof(float), MADV_HUGEPAGE);
+#endif
+        m->slab[part] = p;
+        m->slab_floats[part] = floats;
+        m->slab_used[part] = 0;
+    }
+    size_t need = ((size_t)n + 15) & ~(size_t)15;
+    if (need > m->slab_floats[part] - m->slab_used[part]) return NULL;
+    float *p = m->slab[part] + m->slab_used[part];
+    m->slab_used[part] += need;
+    return p;
+}
+
+/* Should tensors of this part be kept? AUTO is decided at the first fetch. */
+static int cache_wanted(sd_weights *w, sd_part part)
+{
+    sd_weights_impl *m = w->impl;
+    if (m->cache_mode[part] == SD_CACHE_AUTO && !m->cache_decided[part]) {
+        size_t need = sd_weights_widened_bytes(w, part);
+        m->cache_on[part] = need > 0 && need <= available_memory() / 2;
+        m->cache_decided[part] = 1;
+    }
+    return m->cache_on[part];
+}
+
+/* The float32 copy of entry e, made on first use. A row third of a stacked
+ * tensor (OpenCLIP's q/k/v) is served from the copy of the whole tensor `key`. */
+static dl_status cache_get(sd_weights *w, sd_part part, const dl_safetensors *f, const dl_st_entry *e,
+                           const char *key, const float **data)
+{
+    sd_weights_impl *m = w->impl;
+    const int file = (int)(f - m->files);
+    const dl_st_entry *whole = dl_st_find(f, key);
+    if (!whole) return dl_fail(DL_ERR_FORMAT, "sd_weights: tensor '%s' not found in %s", key, f->path);
+    if (!m->widened[file]) {
+        m->widened[file] = calloc((size_t)f->count, sizeof(float *));
+        if (!m->widened[file]) return dl_fail(DL_ERR_MEMORY, "sd_weights: out of memory");
+    }
+    float **slot = &m->widened[file][whole - f->entries];
+    if (!*slot) {
+        const int64_t n = dl_st_numel(whole);
+        float *p = slab_take(w, part, n);
+        if (!p) return dl_fail(DL_ERR_MEMORY, "sd_weights: cannot keep '%s' widened (%lld MiB)", key, (long long)(n >> 18));
+        DL_TRY(dl_st_read_f32(f, whole, p));   /* (on failure the slab space is simply not reused) */
+        *slot = p;
+        m->cache_bytes += (size_t)n * sizeof(float);
+        /* The narrow copy is not needed any more: drop its pages from this
+         * process (the whole pages inside the tensor; they are clean file
+         * pages, a later read would simply map them in again). */
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a = ((uintptr_t)(f->data + whole->offset) + page - 1) & ~(page - 1);
+        uintptr_t b = (uintptr_t)(f->data + whole->offset + whole->nbytes) & ~(page - 1);
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+    *data = *slot + (e->offset - whole->offset) / (size_t)dl_dtype_sizes[e->dtype];
+    return DL_OK;
+}
+
+dl_status sd_weights_set_cache(sd_weights *w, sd_part part, sd_cache_mode mode)
+{
+    if (!w || !w->impl || (unsigned)part >= SD_PART_COUNT || (unsigned)mode > SD_CACHE_AUTO)
+        return dl_fail(DL_ERR_ARG, "sd_weights_set_cache: bad argument");
+    sd_weights_impl *m = w->impl;
+    m->cache_mode[part] = mode;
+    m->cache_decided[part] = mode != SD_CACHE_AUTO;
+    m->cache_on[part] = mode == SD_CACHE_ON;
+    if (mode == SD_CACHE_OFF) cache_drop(w, part_file(w, part), (int)part);
+    return DL_OK;
+}
+
+int sd_weights_cache_on(sd_weights *w, sd_part part)
+{
+    if (!w || !w->impl || (unsigned)part >= SD_PART_COUNT) return 0;
+    return cache_wanted(w, part) && sd_weights_widened_bytes(w, part) > 0;
+}
+
+size_t sd_weights_cache_bytes(const sd_weights *w)
+{
+    return w && w->impl ? w->impl->cache_bytes : 0;
+}
+
+/* The tensor as read from the file, through the patch if one is set. */
+static dl_status apply_patch(sd_weights *w, sd_part part, const char *name, dl_tensor *out)
+{
+    if (!w->impl->patch) return DL_OK;
+    dl_status st = w->impl->patch(w->impl->patch_ctx, part, name, out);
+    if (st != DL_OK) dl_tensor_free(out);
+    return st;
+}
+
 dl_status sd_weights_get(sd_weights *w, sd_part part, const char *name,
                          int ndim, const int64_t shape[], dl_tensor *out)
 {
@@ -525,13 +732,30 @@ dl_status sd_weights_get(sd_weights *w, sd_part part, const char *name,
         /* a view of the mapping: nothing copied (the pages are read on first use) */
         dl_status st = dl_tensor_view(out, (float *)(uintptr_t)src, ndim, shape);
         if (st != DL_OK) return fail_with_context(st, name);
-        return DL_OK;
+        return apply_patch(w, part, name, out);
     }
-    dl_status st = dl_tensor_alloc(out, ndim, shape);
+    if (cache_wanted(w, part)) {                       /* a view of the kept float32 copy */
+        const float *c = NULL;
+        dl_status st = cache_get(w, part, f, e, key, &c);
+        if (st == DL_OK) st = dl_tensor_view(out, (float *)(uintptr_t)c, ndim, shape);
+        if (st != DL_OK) return fail_with_context(st, name);
+        return apply_patch(w, part, name, out);
+    }
+    dl_status st = alloc_unfilled(out, ndim, shape);   /* every value is written below */
     if (st != DL_OK) return fail_with_context(st, name);
     st = dl_st_read_f32(f, e, out->data);   /* widen fp16/bf16, narrow f64 */
-    if (st != DL_OK) dl_tensor_free(out);
-    return st;
+    if (st != DL_OK) {
+        dl_tensor_free(out);
+        return st;
+    }
+    return apply_patch(w, part, name, out);
+}
+
+void sd_weights_set_patch(sd_weights *w, sd_weights_patch_fn fn, void *ctx)
+{
+    if (!w || !w->impl) return;
+    w->impl->patch = fn;
+    w->impl->patch_ctx = fn ? ctx : NULL;
 }
 
 const char *sd_weights_config_json(sd_weights *w, sd_part part)
@@ -562,6 +786,45 @@ dl_status sd_weights_set_config_dir(sd_weights *w, const char *folder)
     for (int p = 0; p < SD_PART_COUNT; p++) {
         free(w->impl->config[p]);
         w->impl->config[p] = text[p];
+    }
+    return DL_OK;
+}
+
+dl_status sd_weights_open_component(sd_weights *w, const char *folder, sd_part as_part)
+{
+    memset(w, 0, sizeof *w);
+    if (!folder || (unsigned)as_part >= SD_PART_COUNT)
+        return dl_fail(DL_ERR_ARG, "sd_weights_open_component: bad argument");
+    if (strlen(folder) >= sizeof w->path) return dl_fail(DL_ERR_ARG, "sd_weights: path too long: %s", folder);
+    if (!is_dir(folder)) return dl_fail(DL_ERR_IO, "sd_weights: missing folder %s", folder);
+    snprintf(w->path, sizeof w->path, "%s", folder);
+    w->layout = SD_LAYOUT_DIFFUSERS;
+    w->impl = calloc(1, sizeof *w->impl);
+    if (!w->impl) return dl_fail(DL_ERR_MEMORY, "sd_weights: out of memory");
+
+    char path[1200];
+    const char *chosen = NULL;
+    for (int k = 0; k < 2 && !chosen; k++) {
+        snprintf(path, sizeof path, "%s/%s", folder, part_files[as_part][k]);
+        if (is_file(path)) chosen = path;
+    }
+    dl_status st = DL_OK;
+    if (!chosen) {
+        snprintf(path, sizeof path, "%s/%s", folder, part_files[as_part][0]);
+        st = dl_fail(DL_ERR_IO, "sd_weights: missing file %s (nor the %s variant)", path, part_files[as_part][1]);
+    } else {
+        st = dl_st_open(&w->impl->files[as_part], chosen);   /* names the file on failure */
+    }
+    if (st == DL_OK) {
+        snprintf(path, sizeof path, "%s/config.json", folder);
+        w->impl->config[as_part] = read_text(path);
+        if (!w->impl->config[as_part]) st = dl_fail(DL_ERR_IO, "sd_weights: missing file %s", path);
+    }
+    if (st != DL_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", dl_error_message());
+        sd_weights_close(w);
+        return dl_fail(st, "%s", msg);
     }
     return DL_OK;
 }

@@ -54,6 +54,13 @@ typedef struct {
 dl_status sd_weights_open(sd_weights *w, const char *path);
 void      sd_weights_close(sd_weights *w);
 
+/* One model folder on its own - e.g. a ControlNet: config.json +
+ * diffusion_pytorch_model[.fp16].safetensors - served as part `as_part`
+ * (its tensors are asked for by their diffusers names, like that part's;
+ * sd_weights_config_json(w, as_part) gives its config.json). The other parts
+ * stay empty: asking them for a tensor reports it missing. */
+dl_status sd_weights_open_component(sd_weights *w, const char *folder, sd_part as_part);
+
 /* Fill *out with the float32 values of the tensor `name` (diffusers name
  * within `part`) of the given shape. *out must be freed with dl_tensor_free
  * (a view of the mapping when the file holds float32, else an owned copy);
@@ -65,6 +72,46 @@ void      sd_weights_close(sd_weights *w);
  * mismatch (both shapes), unsupported dtype. */
 dl_status sd_weights_get(sd_weights *w, sd_part part, const char *name,
                          int ndim, const int64_t shape[], dl_tensor *out);
+
+/* Keeping widened weights: memory against speed.
+ *
+ * fp16 / bf16 checkpoints are widened to float32 at every sd_weights_get,
+ * and the models fetch their weights per layer right before use, so every
+ * UNet call widens all of them again (SD 1.5: 860 M values, 3.4 GB of
+ * float32 written per call; about 0.5 - 1 s per call on 2 cores with F16C,
+ * 6 s with the scalar conversion). With the cache on, a part's tensors are
+ * widened once, kept, and handed out as views: later calls read float32
+ * directly. The price is memory: the part's float32 size stays allocated
+ * (SD 1.5 UNet 3.44 GB, VAE 0.33 GB, text encoder 0.49 GB) while the fp16
+ * pages of a cached tensor are released from the mapping (the file stays
+ * mapped; the kernel may re-read it). float32 files need no cache (their
+ * tensors are views of the mapping already); the mode changes nothing there.
+ *
+ *   SD_CACHE_OFF   (the default) widen per fetch: peak memory stays at one
+ *                  layer's float32 on top of the mapped file
+ *   SD_CACHE_ON    keep every widened tensor
+ *   SD_CACHE_AUTO  on if the part's float32 size fits in half of the memory
+ *                  available (MemAvailable) at its first fetch; what a
+ *                  program running many UNet steps should pick unless told
+ *                  to save memory
+ *
+ * Measured by bin/bench_sd (SD 1.5 shapes, fp16, one UNet call at batch 2
+ * and 64x64 latents, 2 cores shared with other jobs, load average ~4.5):
+ * cache off 38.3 s per call of which 2.6 s widening, peak RSS 2.05 GB (the
+ * mapped fp16 file included); cached 34.6 s per call, peak RSS 3.65 GB; the
+ * first call with the cache on 52 s (it writes 3.2 GB of fresh memory,
+ * which is slow on this virtual machine). Switching a part to OFF frees its
+ * copies: a model that holds views of them (clip_text_model) must be loaded
+ * again. */
+typedef enum { SD_CACHE_OFF, SD_CACHE_ON, SD_CACHE_AUTO } sd_cache_mode;
+dl_status sd_weights_set_cache(sd_weights *w, sd_part part, sd_cache_mode mode);
+/* Is the cache on for the part (AUTO resolved; 0 for float32 files)? */
+int    sd_weights_cache_on(sd_weights *w, sd_part part);
+/* Bytes of float32 copies the cache holds now (all parts). */
+size_t sd_weights_cache_bytes(const sd_weights *w);
+/* Bytes the part's non-float32 tensors take once widened (what caching the
+ * whole part costs; 0 for float32 files). */
+size_t sd_weights_widened_bytes(sd_weights *w, sd_part part);
 
 /* Does the tensor exist (e.g. optional biases, conv_shortcut)? */
 int sd_weights_has(sd_weights *w, sd_part part, const char *name);
@@ -87,6 +134,16 @@ dl_status sd_weights_set_config_dir(sd_weights *w, const char *folder);
 
 /* The file a part's tensors come from (for messages). */
 const char *sd_weights_file(sd_weights *w, sd_part part);
+
+/* Weight patches (used by core/sd_lora.h for LoRA). If a patch is set,
+ * every tensor sd_weights_get returns first passes through fn, which may
+ * replace *t (freeing the old one) by an owned copy with changed values or
+ * by a view of memory the patch owns. The files themselves are never
+ * written: sd_weights_set_patch(w, NULL, NULL) gives the original weights
+ * back, bit for bit. One patch at a time (setting one replaces the last);
+ * sd_weights_has / _shape are not affected. */
+typedef dl_status (*sd_weights_patch_fn)(void *ctx, sd_part part, const char *name, dl_tensor *t);
+void sd_weights_set_patch(sd_weights *w, sd_weights_patch_fn fn, void *ctx);
 
 /* The key that `name` has in the file: unchanged for folders, the
  * CompVis/LDM name for single files, e.g. unet "down_blocks.1.resnets.0.conv1.weight"
