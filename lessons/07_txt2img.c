@@ -291,6 +291,8 @@ int main(int argc, char **argv)
     snprintf(out_dir, sizeof out_dir, "%s", out);
     char *slash = strrchr(out_dir, '/');
     if (slash) { *slash = 0; app.out_dir = out_dir[0] ? out_dir : "/"; } else app.out_dir = ".";
+    if (dl_make_dirs(app.out_dir) != DL_OK)    /* find out now, not after the whole run */
+        dl_die("--out: give a PNG path in a folder you can write to");
     int headless = dl_app_choose_mode(&app);
 
     sd_pipeline p;
