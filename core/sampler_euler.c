@@ -196,9 +196,12 @@ dl_status dl__lms_update(dl_sampler *s)
     int order = j + 1 < 4 ? j + 1 : 4;
     float c[4];
     for (int k = 0; k < order; k++) c[k] = (float)lms_coefficient(s->sigmas, order, j, k);
+    /* a run started part-way (img2img) has fewer derivatives than the order:
+     * diffusers zips the coefficients with the ones it has */
+    const int terms = order < s->hist_len ? order : s->hist_len;
     for (int64_t i = 0; i < n; i++) {
         float acc = 0;
-        for (int k = 0; k < order; k++) acc += c[k] * s->hist[s->hist_len - 1 - k].data[i];   /* newest first */
+        for (int k = 0; k < terms; k++) acc += c[k] * s->hist[s->hist_len - 1 - k].data[i];   /* newest first */
         x[i] = x[i] + acc;
     }
     return DL_OK;

@@ -284,6 +284,40 @@ dl_status dl_sampler_set_x(dl_sampler *s, const dl_tensor *x_T)
     return restart(s);
 }
 
+int dl_sampler_order(dl_sampler_kind kind)
+{
+    return kind == DL_SAMPLER_HEUN || is_kdpm2(kind) ? 2 : 1;
+}
+
+dl_status dl_sampler_set_start(dl_sampler *s, int start_call, const dl_tensor *x)
+{
+    if (start_call < 0 || start_call >= s->num_calls)
+        return dl_fail(DL_ERR_ARG, "dl_sampler_set_start: call %d outside 0..%d (%s, %d calls)", start_call,
+                       s->num_calls - 1, dl_sampler_names[s->kind], s->num_calls);
+    DL_TRY(dl_sampler_set_x(s, x));          /* x as is; the history starts empty */
+    s->step_index = start_call;
+    return DL_OK;
+}
+
+dl_status dl_sampler_add_noise(const dl_sampler *s, int call, const float *x0, const float *noise, float *out, int64_t n)
+{
+    if (call < 0 || call >= s->num_calls)
+        return dl_fail(DL_ERR_ARG, "dl_sampler_add_noise: call %d outside 0..%d", call, s->num_calls - 1);
+    if (!x0 || !noise || !out) return dl_fail(DL_ERR_ARG, "dl_sampler_add_noise: missing array");
+    if (is_euler_family(s->kind) || is_kdpm2(s->kind)) {
+        const float sigma = s->sigmas[call];          /* the "VE" view: x = x0 + sigma eps */
+        for (int64_t i = 0; i < n; i++) out[i] = x0[i] + noise[i] * sigma;
+        return DL_OK;
+    }
+    if (is_dpm(s->kind) || s->kind == DL_SAMPLER_UNIPC) {
+        const float sigma = s->sigmas[call];          /* VP again, from the sampler's own sigma */
+        const float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f), sigma_vp = sigma * alpha;
+        for (int64_t i = 0; i < n; i++) out[i] = alpha * x0[i] + sigma_vp * noise[i];
+        return DL_OK;
+    }
+    return add_noise(s->sched, out, x0, noise, n, (int)nearbyintf(s->timesteps[call]));   /* ddpm ddim pndm lcm */
+}
+
 int dl_sampler_done(const dl_sampler *s) { return s->step_index >= s->num_calls; }
 
 float dl_sampler_current_timestep(const dl_sampler *s)

@@ -222,6 +222,34 @@ dl_status dl_sampler_set_noise_from(dl_sampler *s, const float *z);
 /* Restart from a given x, used as is (no init_noise_sigma). */
 dl_status dl_sampler_set_x(dl_sampler *s, const dl_tensor *x_T);
 
+/* ---- starting part-way: img2img ------------------------------------------
+ * An img2img run noises an encoded picture to the level of one of the
+ * sampler's calls and runs only the calls from there on, as diffusers'
+ * img2img pipelines do with timesteps[t_start * order:] (and
+ * set_begin_index(t_start * order)):
+ *
+ *     int start = t_start * dl_sampler_order(s.kind);
+ *     DL_TRY(dl_sampler_add_noise(&s, start, z0, noise, xs, n));   // z0 noised to that level
+ *     DL_TRY(dl_sampler_set_start(&s, start, &x_start));           // then the usual loop
+ *
+ * The multistep samplers (LMS, DPM++, UniPC, PNDM) start with an empty
+ * history, exactly as the diffusers schedulers do. */
+
+/* diffusers' scheduler.order: model calls per step for the timestep cut
+ * (2 for heun, kdpm2, kdpm2_a; 1 for the others). */
+int dl_sampler_order(dl_sampler_kind kind);
+/* Restart from x (used as is) with the first start_call calls skipped:
+ * the next call is at timesteps[start_call]. start_call in [0, num_calls). */
+dl_status dl_sampler_set_start(dl_sampler *s, int start_call, const dl_tensor *x);
+/* The scheduler's add_noise(x0, noise, timesteps[call]) into out (n = x's
+ * numel floats; out may alias x0):
+ *   ddpm ddim pndm lcm:   sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
+ *   euler family, kdpm2:  x0 + sigmas[call] noise
+ *   dpmpp_2m, unipc:      alpha x0 + sigma_vp noise, alpha = 1 / sqrt(sigmas[call]^2 + 1),
+ *                         sigma_vp = sigmas[call] alpha                              */
+dl_status dl_sampler_add_noise(const dl_sampler *s, int call, const float *x0, const float *noise,
+                               float *out, int64_t n);
+
 int dl_sampler_done(const dl_sampler *s);
 /* The timestep of the next call, rounded (-1 when done), and the one a
  * DDPM/DDIM step goes to (t - T/N; negative means "the end"). */

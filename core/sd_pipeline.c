@@ -160,6 +160,14 @@ void sd_pipeline_release_text_encoder(sd_pipeline *p)
     p->have_text = 0;
 }
 
+dl_status sd_pipeline_reload_text_encoder(sd_pipeline *p)
+{
+    sd_pipeline_release_text_encoder(p);
+    DL_TRY(clip_text_load(&p->text, &p->weights));   /* sees the weights' current patch */
+    p->have_text = 1;
+    return DL_OK;
+}
+
 void sd_pipeline_free(sd_pipeline *p)
 {
     sd_pipeline_release_text_encoder(p);
@@ -444,19 +452,18 @@ static dl_status run(sd_pipeline *p, const sd_run_opts *o, sd_step_fn cb, void *
     r->init_noise_sigma = s->init_noise_sigma;
 
     /* the starting latents; the generator then goes on feeding the sampler's noise */
-    dl_rng rng;
-    dl_rng_seed(&rng, o->seed);
+    dl_rng own_rng, *rng = o->rng ? o->rng : &own_rng;
+    if (!o->rng) dl_rng_seed(&own_rng, o->seed);
     if (o->start_latents) {
         DL_TRY(check_latents(p, o->start_latents, "start_latents", h, w));
         if (o->start_step < 0 || o->start_step >= s->num_calls)
             return dl_fail(DL_ERR_ARG, "sd_pipeline: start_step %d outside 0..%d", o->start_step, s->num_calls - 1);
-        DL_TRY(dl_sampler_set_x(s, o->start_latents));
-        s->step_index = o->start_step;      /* img2img: the first calls are skipped */
+        DL_TRY(dl_sampler_set_start(s, o->start_step, o->start_latents));   /* img2img: the first calls are skipped */
     } else if (o->init_latents) {
         DL_TRY(check_latents(p, o->init_latents, "init_latents", h, w));
         DL_TRY(dl_sampler_set_noise_from(s, o->init_latents->data));   /* latents * init_noise_sigma */
     } else {
-        DL_TRY(dl_sampler_set_noise(s, &rng));   /* randn_tensor((1, C, h, w), generator) * init_noise_sigma */
+        DL_TRY(dl_sampler_set_noise(s, rng));   /* randn_tensor((1, C, h, w), generator) * init_noise_sigma */
     }
 
     unet_model um = {&p->unet, &r->context, o->residuals, o->residuals_ctx};
@@ -483,7 +490,7 @@ static dl_status run(sd_pipeline *p, const sd_run_opts *o, sd_step_fn cb, void *
                                used_noise + 1, o->n_noise);
             noise = o->noise + (size_t)used_noise++ * (size_t)s->x.numel;
         }
-        DL_TRY(dl_sampler_update(s, &rng, noise));
+        DL_TRY(dl_sampler_update(s, rng, noise));
         r->calls++;
         int decoded = 0;
         if (o->decode_every > 0 && (call % o->decode_every == 0 || dl_sampler_done(s))) {

@@ -94,6 +94,12 @@ dl_status sd_pipeline_load(sd_pipeline *p, const char *path, const sd_load_opts 
 void      sd_pipeline_free(sd_pipeline *p);
 /* Free the text encoder (its fp16 copies) once the prompts are encoded. */
 void      sd_pipeline_release_text_encoder(sd_pipeline *p);
+/* Load the text encoder again from p->weights as they are now. The encoder
+ * holds its weights, so after a LoRA change (sd_lora_apply, a new scale,
+ * sd_lora_fuse / _unfuse / _remove) call this before encoding prompts; the
+ * UNet fetches its weights at every forward and needs nothing. Also brings
+ * back a released encoder. */
+dl_status sd_pipeline_reload_text_encoder(sd_pipeline *p);
 
 /* One prompt -> its 77 context vectors: out [1, 77, context_dim]
  * (preallocated). ids (may be NULL) gets the 77 token ids. An empty prompt is
@@ -137,6 +143,10 @@ typedef struct {
     int release_text_encoder;        /* free the text encoder after encoding (0)       */
     int decode_every;                /* full VAE decode of the predicted x0 every k calls (0 = never) */
     int skip_decode;                 /* 1: stop after the latents (no final VAE decode) */
+    /* The generator, continued instead of a new one seeded with seed (img2img
+     * hands over the one that already drew the VAE's posterior sample and the
+     * add_noise noise, as diffusers uses one generator for all). NULL: new. */
+    dl_rng *rng;
 } sd_run_opts;
 
 sd_run_opts sd_run_opts_default(void);

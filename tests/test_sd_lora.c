@@ -551,8 +551,7 @@ TEST(lora, pipeline_ddim_scale_half)
         CHECK(sd_lora_list_add(&L, KOHYA ":0.5", &p.weights) == DL_OK, "%s", dl_error_message()) &&
         CHECK(sd_lora_apply(&L, &p.weights) == DL_OK, "%s", dl_error_message())) {
         /* the text encoder holds its weights: load it again to see the LoRA */
-        sd_pipeline_release_text_encoder(&p);
-        p.have_text = CHECK(clip_text_load(&p.text, &p.weights) == DL_OK, "%s", dl_error_message());
+        p.have_text = CHECK(sd_pipeline_reload_text_encoder(&p) == DL_OK, "%s", dl_error_message());
         sd_run_opts o = sd_run_opts_default();
         o.prompt = PROMPT;
         o.negative_prompt = NEGATIVE;
