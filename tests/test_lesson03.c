@@ -269,12 +269,19 @@ TEST(lesson03, ctrl_c_saves_and_exits)
     snprintf(dir, sizeof dir, "%s", dl_test_out_dir("lesson03/ctrl_c"));
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
     remove(path);
-    /* start a long run, wait for its first progress line, then send SIGINT */
+    /* start a long run, wait for its first progress line, then send SIGINT.
+     * The old log goes first: otherwise the wait could see the previous run's
+     * lines before the new run truncates the file, and send SIGINT before the
+     * handler is installed (a background job ignores SIGINT until then, so the
+     * run would never end). If the run does not stop within 60 s it is killed
+     * and the test fails instead of hanging. */
     snprintf(cmd, sizeof cmd,
+             "rm -f %s/run.log; "
              ENV "%s/03_train --tiny --steps 1000000 --headless --out %s > %s/run.log 2>&1 & pid=$!; "
-             "for i in $(seq 1200); do grep -q '^step ' %s/run.log && break; sleep 0.1; done; "
-             "kill -INT $pid; wait $pid; rc=$?; cat %s/run.log; exit $rc",
-             dl_test_bin_dir(), dir, dir, dir, dir);
+             "for i in $(seq 1200); do grep -q '^step ' %s/run.log 2>/dev/null && break; sleep 0.1; done; "
+             "kill -INT $pid; for i in $(seq 600); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "
+             "kill -KILL $pid 2>/dev/null; wait $pid; rc=$?; cat %s/run.log; exit $rc",
+             dir, dl_test_bin_dir(), dir, dir, dir, dir);
     int rc = dl_test_run(cmd);
     if (!CHECK(rc == 0, "after Ctrl-C the program should save and exit 0, got %d", rc)) dl_test_show_log();
     CHECK(dl_test_log_contains("interrupted at step") && dl_test_log_contains("--resume"), "it should say how to resume");
