@@ -5,6 +5,7 @@
 #   make test-asan    the tests under AddressSanitizer + UBSan
 #   make bench        benchmarks against this machine's own ceilings
 #   make bench-toy    toy U-Net: training-step time vs PyTorch, judged sample quality
+#   make bench-sd     Stable Diffusion 1.5-sized UNet / VAE / text encoder vs sgemm (random weights)
 #   make demo         the main demo (lesson 01, live if there is a display)
 
 PKGS     := sdl2 stb libcjson
@@ -50,7 +51,7 @@ TOOLS      := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 CORE_LIB   := $(BUILD)/libdifflab.a
 VIZ_LIB    := $(if $(VIZ_SRC),$(BUILD)/libdifflab_viz.a)
 
-.PHONY: all test test-asan bench bench-toy demo clean
+.PHONY: all test test-asan bench bench-toy bench-sd demo clean
 all: $(LESSONS) $(TOOLS) $(BIN)/run_tests $(BENCHES)
 
 $(BUILD)/%.o: %.c
@@ -92,12 +93,16 @@ test-asan:
 	@ASAN_OPTIONS=detect_leaks=0 DL_BIN_DIR=build/asan/bin DL_ASAN=1 build/asan/bin/run_tests $(K)
 
 # Kernel benchmarks; the toy U-Net ones (training-step speed against PyTorch,
-# sample quality judged by the MNIST classifier) take longer: make bench-toy.
+# sample quality judged by the MNIST classifier) and the SD-sized one (writes
+# ~2 GB of random weights to a temp folder) take longer: make bench-toy, bench-sd.
 bench: all
-	@for b in $(filter-out $(BIN)/bench_toy%,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
+	@for b in $(filter-out $(BIN)/bench_toy% $(BIN)/bench_sd,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
 
 bench-toy: all
 	@for b in $(filter $(BIN)/bench_toy%,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
+
+bench-sd: all
+	@$(BIN)/bench_sd
 
 demo: all
 	$(BIN)/01_forward_noising

@@ -68,6 +68,11 @@ typedef struct {
     /* "epsilon" or "v_prediction" overrides the scheduler config's
      * prediction_type (single SD 2.x 768 files do not say). NULL: keep it. */
     const char *prediction_type;
+    /* 1: widen fp16 UNet weights at every call and keep nothing (peak memory
+     * ~2 GB for SD 1.5 fp16). 0 (default): keep the widened UNet weights if
+     * they fit in half of the free memory (SD_CACHE_AUTO; 3.2 GB for SD 1.5),
+     * which saves the widening (1-3 s) in every step after the first. */
+    int low_memory;
 } sd_load_opts;
 
 typedef struct {

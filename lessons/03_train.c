@@ -288,6 +288,7 @@ typedef struct {
     int estimated;                /* total has been estimated from the speed */
     int64_t warmup;
     double t_start, deadline;     /* seconds; deadline 0 = none */
+    double finish_reserve;        /* seconds kept free before the deadline for the final grid and saves */
     double last_print;
     int64_t last_printed_step;
     double t_warm;                /* when the warmup ended (time budget runs) */
@@ -358,7 +359,7 @@ static int finished(const run *r, double now)
 {
     if (toy_train_interrupted) return 1;
     if (r->total_fixed && r->tr->step >= r->total) return 1;
-    if (r->deadline > 0 && now >= r->deadline) return 1;
+    if (r->deadline > 0 && now >= r->deadline - r->finish_reserve) return 1;
     return 0;
 }
 
@@ -409,7 +410,11 @@ static void run_headless(run *r)
     while (!finished(r, seconds_now())) {
         train_one(r);
         if (sample_due(r) && !finished(r, seconds_now())) {   /* the last grid is finish()'s */
+            double t0 = seconds_now();
             draw_samples(&r->grid, r->tr);
+            /* finish() draws one more grid and saves: stop training early enough
+             * for that to fit in the time budget too */
+            r->finish_reserve = 2 * (seconds_now() - t0) + 1.0;
             save_samples_png(r->app, &r->grid, &r->data);
             save_loss_png(r->app, &r->hist, r->tr->sched.num_train_timesteps);
         }
