@@ -365,16 +365,7 @@ static void run_live(dl_app *app, subject subj[2], const dl_schedule sched[], co
             viz_present(win, &frame);
             dirty = 0;
         }
-        if (app->max_frames && frame_no + 1 >= app->max_frames) {   /* scripted run: keep what was shown */
-            dl_image shot;
-            char name[128];
-            snprintf(name, sizeof name, "%s_window.png", app->name);
-            if (viz_read_window(win, &shot) == DL_OK) {
-                dl_app_save(app, name, &shot);
-                dl_image_free(&shot);
-            }
-            running = 0;
-        }
+        if (dl_app_frame_limit(app, win, frame_no + 1)) running = 0;   /* scripted run: keep what was shown */
         viz_wait(win, 16);
     }
     dl_image_free(&frame);

@@ -499,13 +499,7 @@ static void run_live(run *r)
             viz_present(win, &frame);
             last_draw = now;
         }
-        if (r->app->max_frames && frame_no + 1 >= r->app->max_frames) {
-            dl_image shot;
-            char name[128];
-            snprintf(name, sizeof name, "%s_window.png", r->app->name);
-            if (viz_read_window(win, &shot) == DL_OK) { dl_app_save(r->app, name, &shot); dl_image_free(&shot); }
-            running = 0;
-        }
+        if (dl_app_frame_limit(r->app, win, frame_no + 1)) running = 0;   /* scripted run: keep what was shown */
         viz_wait(win, training && !paused ? 1 : 16);
     }
     if (training) finish(r);   /* quit or Ctrl-C during training: save and exit */

@@ -183,13 +183,7 @@ static void draw_frame(lesson *L, const sd_step_info *info, const dl_image *fina
     viz_present(L->win, &f);
     dl_image_free(&f);
     L->frames++;
-    if (L->app->max_frames && L->frames >= L->app->max_frames) {   /* scripted run: keep what was shown */
-        dl_image shot;
-        char name[128];
-        snprintf(name, sizeof name, "%s_window.png", L->app->name);
-        if (viz_read_window(L->win, &shot) == DL_OK) { dl_app_save(L->app, name, &shot); dl_image_free(&shot); }
-        L->quit = 1;
-    }
+    if (dl_app_frame_limit(L->app, L->win, L->frames)) L->quit = 1;   /* scripted run: keep what was shown */
 }
 
 /* keys; returns 1 when a single step was asked for */

@@ -187,11 +187,7 @@ static void draw_frame(lesson *L, const sd_step_info *info)
     dl_image_draw_text(&f, 12, H - 16, "left/right: low   down/up: high (shift: 1)   g: generate   s: screenshot   q: quit", 140, 140, 140, 1);
     viz_present(L->win, &f);
     dl_image_free(&f);
-    if (L->app->max_frames && ++L->frames >= L->app->max_frames) {   /* scripted run: keep what was shown */
-        dl_image shot;
-        if (viz_read_window(L->win, &shot) == DL_OK) { dl_app_save(L->app, "09_controlnet_window.png", &shot); dl_image_free(&shot); }
-        L->quit = 1;
-    }
+    if (dl_app_frame_limit(L->app, L->win, ++L->frames)) L->quit = 1;   /* scripted run: keep what was shown */
 }
 
 static void handle_events(lesson *L, const sd_step_info *info)

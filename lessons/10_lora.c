@@ -285,11 +285,7 @@ static void live(lesson *L)
             }
         }
         draw_frame(L);
-        if (L->app->max_frames && ++frames >= L->app->max_frames) {   /* scripted run: keep what was shown */
-            dl_image shot;
-            if (viz_read_window(L->win, &shot) == DL_OK) { dl_app_save(L->app, "10_lora_window.png", &shot); dl_image_free(&shot); }
-            break;
-        }
+        if (dl_app_frame_limit(L->app, L->win, ++frames)) break;   /* scripted run: keep what was shown */
         viz_wait(L->win, 30);
     }
 }

@@ -201,11 +201,7 @@ static void show(live *V)
     dl_image_blit(&f, V->tokens, 0, V->grid->h);
     viz_present(V->win, &f);
     dl_image_free(&f);
-    if (V->app->max_frames && !V->quit && ++V->frames >= V->app->max_frames) {   /* scripted run: keep what was shown */
-        dl_image shot;
-        if (viz_read_window(V->win, &shot) == DL_OK) { dl_app_save(V->app, "11_prompts_window.png", &shot); dl_image_free(&shot); }
-        V->quit = 1;
-    }
+    if (!V->quit && dl_app_frame_limit(V->app, V->win, ++V->frames)) V->quit = 1;   /* scripted run: keep what was shown */
 }
 
 static int on_step(void *ctx, const sd_step_info *info)

@@ -114,3 +114,16 @@ dl_status dl_app_save(dl_app *app, const char *file, const dl_image *img)
     printf("wrote %s (%dx%d)\n", path, img->w, img->h);
     return DL_OK;
 }
+
+int dl_app_frame_limit(dl_app *app, viz_window *win, int64_t frames_shown)
+{
+    if (app->max_frames <= 0 || frames_shown < app->max_frames) return 0;
+    dl_image shot;
+    char name[160];
+    snprintf(name, sizeof name, "%s_window.png", app->name);
+    if (viz_read_window(win, &shot) == DL_OK) {
+        dl_app_save(app, name, &shot);
+        dl_image_free(&shot);
+    }
+    return 1;
+}

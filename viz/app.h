@@ -54,6 +54,13 @@ int dl_app_choose_mode(dl_app *app);
  * print "wrote <path> (WxH)". */
 dl_status dl_app_save(dl_app *app, const char *file, const dl_image *img);
 
+/* Live mode with --max-frames N (scripted runs, tests): once frames_shown
+ * reaches N, save what the window shows as OUT/<name>_window.png and return
+ * 1 (the caller then leaves its loop); otherwise, or without --max-frames,
+ * return 0. */
+struct viz_window;
+int dl_app_frame_limit(dl_app *app, struct viz_window *win, int64_t frames_shown);
+
 /* mkdir -p */
 dl_status dl_make_dirs(const char *path);
 
