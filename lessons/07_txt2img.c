@@ -13,7 +13,7 @@
  * tokens, a progress line per step, and in the window the latents and the
  * predicted clean image of every step (a cheap linear latent -> RGB preview,
  * and every few steps the real VAE decode). The PNG carries the generation
- * parameters in a text chunk. See docs/07_txt2img.md.
+ * parameters in a text chunk. See docs/07_latent_diffusion.md.
  *
  *   bin/07_txt2img --model models/sd15 --prompt "a lighthouse at dusk, oil painting"
  *   bin/07_txt2img --model tests/fixtures/tiny-sd --prompt "a cat" --width 64 --height 64 --headless

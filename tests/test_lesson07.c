@@ -1,5 +1,5 @@
 /* test_lesson07.c - lesson 07 (Stable Diffusion text-to-image): the
- * exercises of docs/07_txt2img.md checked against the library and the
+ * exercises of docs/07_latent_diffusion.md checked against the library and the
  * diffusers goldens, the PNG text chunk, and bin/07_txt2img on the tiny
  * checkpoint (headless, live on SDL's dummy driver, a diffusers run
  * reproduced through the command line, bad arguments). */
