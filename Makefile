@@ -111,3 +111,47 @@ clean:
 	rm -rf build bin out
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Fuzzing (needs clang with libFuzzer; not part of all / test): each harness
+# fuzz/fuzz_<name>.c runs FUZZ_SECONDS on its seeds in fuzz/corpus/<name>/.
+# Inputs that reach new code are kept in build/fuzz/corpus/<name>/; a crash
+# stops make and leaves its input in build/fuzz/crash-* (turn it into a test
+# in tests/fixtures/fuzz_regressions/ once fixed).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := build/fuzz
+FUZZ_NAMES   := safetensors json_configs tokenizer
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -fopenmp -Wall -Wextra -Wno-pass-failed $(FUZZ_SAN) \
+                $(shell pkg-config --cflags openblas libcjson)
+FUZZ_LIBS    := $(shell pkg-config --libs openblas libcjson) -lm
+# only the core files each harness needs (the config parsers live next to their models)
+FUZZ_SRC_safetensors  := core/safetensors.c core/tensor.c core/dl_error.c
+FUZZ_SRC_tokenizer    := core/clip_tokenizer.c core/unicode_tables.c core/dl_error.c
+FUZZ_SRC_json_configs := $(addprefix core/,scheduler_config.c sd_unet.c sd_unet_blocks.c sd_vae.c clip_text.c \
+                         toy_unet.c toy_unet_blocks.c sd_weights.c safetensors.c tensor.c dl_error.c attention.c \
+                         conv2d.c conv2d_direct.c elementwise.c embedding.c linear.c norm.c param.c resample.c \
+                         rng.c norm_silu.c timestep_embedding.c sampling.c schedule.c sampler_ddpm_ddim.c sampler_dpm.c \
+                         sampler_euler.c sampler_kdpm2.c sampler_lcm.c sampler_pndm.c sampler_schedule.c sampler_unipc.c)
+
+.PHONY: fuzz
+fuzz: $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+	@for h in $(FUZZ_NAMES); do \
+	    mkdir -p $(FUZZ_DIR)/corpus/$$h; \
+	    echo "== fuzz_$$h for $(FUZZ_SECONDS) s"; \
+	    $(FUZZ_DIR)/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/fuzz.dict -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus/$$h fuzz/corpus/$$h || exit 1; \
+	done
+
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_safetensors: $(FUZZ_DIR)/obj/fuzz/fuzz_safetensors.o $(FUZZ_SRC_safetensors:%.c=$(FUZZ_DIR)/obj/%.o)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(FUZZ_LIBS)
+$(FUZZ_DIR)/fuzz_tokenizer: $(FUZZ_DIR)/obj/fuzz/fuzz_tokenizer.o $(FUZZ_SRC_tokenizer:%.c=$(FUZZ_DIR)/obj/%.o)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(FUZZ_LIBS)
+$(FUZZ_DIR)/fuzz_json_configs: $(FUZZ_DIR)/obj/fuzz/fuzz_json_configs.o $(FUZZ_SRC_json_configs:%.c=$(FUZZ_DIR)/obj/%.o)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(FUZZ_LIBS)
+
+-include $(wildcard $(FUZZ_DIR)/obj/*/*.d)

@@ -4,6 +4,7 @@
 #include "clip_text.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,9 @@ static int json_int(const cJSON *root, const char *key, int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v) return 1;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) return 0;
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (!(d >= INT_MIN && d <= INT_MAX) || d != (double)(int)d) return 0;   /* range first: (int)1e300 is undefined */
     *out = (int)v->valuedouble;
     return 1;
 }

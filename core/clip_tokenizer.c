@@ -478,11 +478,10 @@ static const char *skip_ws(const char *p, const char *end)
 }
 
 /* vocab.json: one flat object {"token": id, ...}, parsed by hand (49408
- * entries in a few milliseconds). */
-static dl_status load_vocab(clip_tokenizer *tok, const char *path)
+ * entries in a few milliseconds). buf holds len bytes plus a NUL (owned:
+ * freed here); NULL means the file could not be read. */
+static dl_status load_vocab(clip_tokenizer *tok, const char *path, char *buf, size_t len)
 {
-    size_t len = 0;
-    char *buf = read_whole_file(path, &len);
     if (!buf) return dl_fail(DL_ERR_IO, "clip tokenizer: cannot read %s", path);
     const char *p = buf, *end = buf + len;
     size_t cap = 1024, count = 0;
@@ -573,11 +572,10 @@ static uint32_t byte_to_unicode(int b)
     return 256u + (uint32_t)k;
 }
 
-/* merges.txt: a "#version" line, then "left right" per line, rank = order. */
-static dl_status load_merges(clip_tokenizer *tok, const char *path)
+/* merges.txt: a "#version" line, then "left right" per line, rank = order.
+ * buf as for load_vocab (owned, NUL-terminated, cut into lines in place). */
+static dl_status load_merges(clip_tokenizer *tok, const char *path, char *buf, size_t len)
 {
-    size_t len = 0;
-    char *buf = read_whole_file(path, &len);
     if (!buf) return dl_fail(DL_ERR_IO, "clip tokenizer: cannot read %s", path);
     size_t slots = 1;
     while (slots < 2 * CLIP_MAX_MERGES) slots *= 2;
@@ -652,13 +650,10 @@ static int json_token(const char *path, const char *key, char *out, size_t cap)
     return ok;
 }
 
-dl_status clip_tokenizer_load(clip_tokenizer *tok, const char *dir)
+/* Every byte's character (alone and with "</w>") must be in the vocabulary:
+ * BPE starts from them. */
+static dl_status find_byte_tokens(clip_tokenizer *tok, const char *path)
 {
-    memset(tok, 0, sizeof *tok);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/vocab.json", dir);
-    dl_status st = load_vocab(tok, path);
-    if (st != DL_OK) { clip_tokenizer_free(tok); return st; }
     for (int b = 0; b < 256; b++) {
         char s[16];
         int k = uni_utf8_put(byte_to_unicode(b), s);
@@ -666,11 +661,34 @@ dl_status clip_tokenizer_load(clip_tokenizer *tok, const char *dir)
         tok->byte_id[b] = vocab_find(tok, s);
         strcpy(s + k, "</w>");
         tok->byte_end_id[b] = vocab_find(tok, s);
-        if (tok->byte_id[b] < 0 || tok->byte_end_id[b] < 0) {
-            clip_tokenizer_free(tok);
+        if (tok->byte_id[b] < 0 || tok->byte_end_id[b] < 0)
             return dl_fail(DL_ERR_FORMAT, "%s: the byte-level token of byte 0x%02X (or with </w>) is missing", path, b);
-        }
     }
+    return DL_OK;
+}
+
+static dl_status find_special_ids(clip_tokenizer *tok, const char *path, const char *bos, const char *eos)
+{
+    tok->bos_id = vocab_find(tok, bos);
+    tok->eos_id = vocab_find(tok, eos);
+    tok->pad_id = vocab_find(tok, tok->pad_token);
+    if (tok->bos_id < 0 || tok->eos_id < 0 || tok->pad_id < 0) {
+        const char *which = tok->bos_id < 0 ? bos : tok->eos_id < 0 ? eos : tok->pad_token;
+        return dl_fail(DL_ERR_FORMAT, "%s: special token '%s' is not in the vocabulary", path, which);
+    }
+    return DL_OK;
+}
+
+dl_status clip_tokenizer_load(clip_tokenizer *tok, const char *dir)
+{
+    memset(tok, 0, sizeof *tok);
+    char path[1024];
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    char *buf = read_whole_file(path, &len);
+    dl_status st = load_vocab(tok, path, buf, len);
+    if (st == DL_OK) st = find_byte_tokens(tok, path);
+    if (st != DL_OK) { clip_tokenizer_free(tok); return st; }
     char bos[64] = "<|startoftext|>", eos[64] = "<|endoftext|>", map[1024], cfg[1024];
     snprintf(map, sizeof map, "%s/special_tokens_map.json", dir);
     snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
@@ -679,16 +697,43 @@ dl_status clip_tokenizer_load(clip_tokenizer *tok, const char *dir)
         json_token(cfg, "pad_token", tok->pad_token, sizeof tok->pad_token);
     if (!json_token(map, "bos_token", bos, sizeof bos)) json_token(cfg, "bos_token", bos, sizeof bos);
     if (!json_token(map, "eos_token", eos, sizeof eos)) json_token(cfg, "eos_token", eos, sizeof eos);
-    tok->bos_id = vocab_find(tok, bos);
-    tok->eos_id = vocab_find(tok, eos);
-    tok->pad_id = vocab_find(tok, tok->pad_token);
-    if (tok->bos_id < 0 || tok->eos_id < 0 || tok->pad_id < 0) {
-        const char *which = tok->bos_id < 0 ? bos : tok->eos_id < 0 ? eos : tok->pad_token;
-        clip_tokenizer_free(tok);
-        return dl_fail(DL_ERR_FORMAT, "%s: special token '%s' is not in the vocabulary", path, which);
-    }
+    st = find_special_ids(tok, path, bos, eos);
+    if (st != DL_OK) { clip_tokenizer_free(tok); return st; }
     snprintf(path, sizeof path, "%s/merges.txt", dir);
-    st = load_merges(tok, path);
+    buf = read_whole_file(path, &len);
+    st = load_merges(tok, path, buf, len);
+    if (st != DL_OK) clip_tokenizer_free(tok);
+    return st;
+}
+
+/* A NUL-terminated malloc'ed copy of n bytes (NULL if out of memory). */
+static char *copy_bytes(const char *s, size_t n)
+{
+    char *c = malloc(n + 1);
+    if (!c) return NULL;
+    if (n) memcpy(c, s, n);
+    c[n] = '\0';
+    return c;
+}
+
+dl_status clip_tokenizer_load_memory(clip_tokenizer *tok, const char *vocab_json, size_t vocab_len,
+                                     const char *merges_txt, size_t merges_len)
+{
+    memset(tok, 0, sizeof *tok);
+    if ((!vocab_json && vocab_len) || (!merges_txt && merges_len))
+        return dl_fail(DL_ERR_ARG, "clip tokenizer: NULL buffer");
+    char *buf = copy_bytes(vocab_json, vocab_len);
+    if (!buf) return dl_fail(DL_ERR_MEMORY, "clip tokenizer: out of memory");
+    dl_status st = load_vocab(tok, "vocab.json", buf, vocab_len);
+    if (st == DL_OK) st = find_byte_tokens(tok, "vocab.json");
+    if (st == DL_OK) {
+        strcpy(tok->pad_token, EOS_STR);
+        st = find_special_ids(tok, "vocab.json", BOS_STR, EOS_STR);
+    }
+    if (st == DL_OK) {
+        buf = copy_bytes(merges_txt, merges_len);
+        st = buf ? load_merges(tok, "merges.txt", buf, merges_len) : dl_fail(DL_ERR_MEMORY, "clip tokenizer: out of memory");
+    }
     if (st != DL_OK) clip_tokenizer_free(tok);
     return st;
 }

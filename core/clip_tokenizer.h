@@ -69,6 +69,11 @@ typedef struct {
  * dir/special_tokens_map.json or dir/tokenizer_config.json (default
  * "<|endoftext|>"). Missing or corrupt files give an error naming them. */
 dl_status clip_tokenizer_load(clip_tokenizer *tok, const char *dir);
+/* The same from the two files' bytes in memory (copied; lengths without any
+ * NUL), with the default special tokens ("<|startoftext|>", "<|endoftext|>"
+ * also as padding). Messages name "vocab.json" / "merges.txt". */
+dl_status clip_tokenizer_load_memory(clip_tokenizer *tok, const char *vocab_json, size_t vocab_len,
+                                     const char *merges_txt, size_t merges_len);
 void      clip_tokenizer_free(clip_tokenizer *tok);
 
 /* The 77 ids the pipeline feeds the text encoder; *n_real (may be NULL) gets

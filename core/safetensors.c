@@ -208,14 +208,17 @@ static dl_status parse_entry(const char *path, const cJSON *item, dl_st_entry *e
     if (nd > DL_ST_MAX_DIMS)
         return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s': %d dimensions, at most %d supported", path, name, nd, DL_ST_MAX_DIMS);
     e->ndim = nd;
-    /* bytes = dtype size * product(shape), refusing anything that overflows */
-    uint64_t bytes = (uint64_t)dl_dtype_sizes[e->dtype];
+    /* bytes = dtype size * product(shape), refusing anything that overflows;
+     * the element count too, product by product as dl_st_numel forms it in
+     * int64 (U8 [2^53, 1536, 0] has 0 bytes, yet its first two dims overflow) */
+    uint64_t bytes = (uint64_t)dl_dtype_sizes[e->dtype], elems = 1;
     for (int i = 0; i < nd; i++) {
         uint64_t d;
         if (!json_uint(cJSON_GetArrayItem(sh, i), &d))
             return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s': shape[%d] is not an integer in [0, 2^53] (negative or absurd)", path, name, i);
         e->shape[i] = (int64_t)d;
-        if (__builtin_mul_overflow(bytes, d, &bytes))
+        if (__builtin_mul_overflow(bytes, d, &bytes) || __builtin_mul_overflow(elems, d, &elems) ||
+            elems > (uint64_t)INT64_MAX)
             return dl_fail(DL_ERR_FORMAT, "%s: tensor '%s': shape too large (byte size overflows)", path, name);
     }
     uint64_t begin, end;
@@ -292,33 +295,11 @@ done:
     return st;
 }
 
-dl_status dl_st_open(dl_safetensors *f, const char *path)
+/* Check the header length, then parse the header of the f->size bytes at
+ * `bytes` (a mapped file or a caller's buffer). Closes f on failure. */
+static dl_status parse_bytes(dl_safetensors *f, const unsigned char *bytes)
 {
-    memset(f, 0, sizeof *f);
-    snprintf(f->path, sizeof f->path, "%s", path ? path : "(null)");
-    if (!path) return dl_fail(DL_ERR_ARG, "safetensors: NULL path");
-
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return dl_fail(DL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int err = errno;
-        close(fd);
-        return dl_fail(DL_ERR_IO, "%s: cannot stat: %s", path, strerror(err));
-    }
-    if (!S_ISREG(sb.st_mode)) { close(fd); return dl_fail(DL_ERR_IO, "%s: not a regular file", path); }
-    if (sb.st_size < 8) {
-        close(fd);
-        return dl_fail(DL_ERR_FORMAT, "%s: only %lld bytes, a safetensors file starts with an 8-byte header length",
-                       path, (long long)sb.st_size);
-    }
-    f->size = (size_t)sb.st_size;
-    void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return dl_fail(DL_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-    f->map = map;
-
-    const unsigned char *bytes = map;
+    const char *path = f->path;
     uint64_t hlen;
     memcpy(&hlen, bytes, 8);   /* little-endian host */
     dl_status st;
@@ -344,6 +325,46 @@ dl_status dl_st_open(dl_safetensors *f, const char *path)
 fail:
     dl_st_close(f);
     return st;
+}
+
+dl_status dl_st_open(dl_safetensors *f, const char *path)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", path ? path : "(null)");
+    if (!path) return dl_fail(DL_ERR_ARG, "safetensors: NULL path");
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return dl_fail(DL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        return dl_fail(DL_ERR_IO, "%s: cannot stat: %s", path, strerror(err));
+    }
+    if (!S_ISREG(sb.st_mode)) { close(fd); return dl_fail(DL_ERR_IO, "%s: not a regular file", path); }
+    if (sb.st_size < 8) {
+        close(fd);
+        return dl_fail(DL_ERR_FORMAT, "%s: only %lld bytes, a safetensors file starts with an 8-byte header length",
+                       path, (long long)sb.st_size);
+    }
+    f->size = (size_t)sb.st_size;
+    void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return dl_fail(DL_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+    f->map = map;
+    return parse_bytes(f, map);
+}
+
+dl_status dl_st_open_memory(dl_safetensors *f, const void *bytes, size_t size, const char *name)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name ? name : "(memory)");
+    if (!bytes && size) return dl_fail(DL_ERR_ARG, "%s: NULL buffer", f->path);
+    if (size < 8)
+        return dl_fail(DL_ERR_FORMAT, "%s: only %zu bytes, a safetensors file starts with an 8-byte header length",
+                       f->path, size);
+    f->size = size;   /* f->map stays NULL: the caller owns the bytes */
+    return parse_bytes(f, bytes);
 }
 
 void dl_st_close(dl_safetensors *f)

@@ -58,7 +58,7 @@ typedef struct {
 
 typedef struct {
     char                 path[512];
-    void                *map;        /* the whole file, mapped read-only */
+    void                *map;        /* the whole file, mapped read-only (NULL from memory) */
     size_t               size;       /* file size in bytes */
     const unsigned char *data;       /* start of the data section */
     int                  count;      /* number of tensors */
@@ -69,6 +69,9 @@ typedef struct {
 
 /* Open and validate. On failure f is left closed (safe to dl_st_close). */
 dl_status dl_st_open(dl_safetensors *f, const char *path);
+/* The same checks on a whole file already in memory (`name` stands for the
+ * path in messages). Nothing is copied: the bytes must outlive f. */
+dl_status dl_st_open_memory(dl_safetensors *f, const void *bytes, size_t size, const char *name);
 void      dl_st_close(dl_safetensors *f);
 
 /* The entry called `name`, or NULL. */

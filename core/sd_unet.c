@@ -2,6 +2,7 @@
 #include "sd_unet.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,12 +43,16 @@ void sd_unet_config_sd15(sd_unet_config *c)
 
 #define CFG_ERR(...) dl_fail(DL_ERR_FORMAT, "unet config: " __VA_ARGS__)
 
+/* A whole number that fits an int (the range test comes first: converting
+ * an out-of-range double such as 1e300 to int is undefined). */
+static int is_int(double d) { return d >= INT_MIN && d <= INT_MAX && d == (double)(int)d; }
+
 /* An int (or a float holding an integer) if the key is present and not null. */
 static dl_status opt_int(const cJSON *root, const char *key, int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v || cJSON_IsNull(v)) return DL_OK;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    if (!cJSON_IsNumber(v) || !is_int(v->valuedouble))
         return CFG_ERR("'%s' must be an integer", key);
     *out = (int)v->valuedouble;
     return DL_OK;
@@ -77,6 +82,7 @@ static dl_status opt_per_level(const cJSON *root, const char *key, int levels, i
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v || cJSON_IsNull(v)) return DL_OK;
     if (cJSON_IsNumber(v)) {
+        if (!is_int(v->valuedouble)) return CFG_ERR("'%s' must be an integer or a list of %d integers", key, levels);
         for (int i = 0; i < levels; i++) out[i] = (int)v->valuedouble;
         return DL_OK;
     }
@@ -84,7 +90,7 @@ static dl_status opt_per_level(const cJSON *root, const char *key, int levels, i
         return CFG_ERR("'%s' must be an integer or a list of %d integers", key, levels);
     for (int i = 0; i < levels; i++) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(e)) return CFG_ERR("'%s'[%d] is not a number", key, i);
+        if (!cJSON_IsNumber(e) || !is_int(e->valuedouble)) return CFG_ERR("'%s'[%d] is not an integer", key, i);
         out[i] = (int)e->valuedouble;
     }
     return DL_OK;
@@ -152,7 +158,9 @@ static dl_status parse_root(sd_unet_config *c, const cJSON *root)
         c->levels = n;
         for (int i = 0; i < n; i++) {
             const cJSON *e = cJSON_GetArrayItem(boc, i);
-            if (!cJSON_IsNumber(e) || e->valuedouble < 1) return CFG_ERR("block_out_channels[%d] is not a positive integer", i);
+            /* at most INT_MAX / 4: time_embed_dim is 4 * block_out_channels[0] */
+            if (!cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble > INT_MAX / 4 || !is_int(e->valuedouble))
+                return CFG_ERR("block_out_channels[%d] is not a positive integer (or absurdly large)", i);
             c->block_out_channels[i] = (int)e->valuedouble;
             if (i >= old) {                    /* levels beyond SD 1.5's: repeat its last one */
                 c->heads[i] = c->heads[old - 1];
@@ -220,7 +228,8 @@ static dl_status validate(const sd_unet_config *c)
     if (c->conv_in_kernel < 1 || c->conv_in_kernel % 2 == 0 || c->conv_out_kernel < 1 || c->conv_out_kernel % 2 == 0)
         return CFG_ERR("conv_in_kernel / conv_out_kernel must be odd");
     if (c->block_out_channels[0] % 2) return CFG_ERR("block_out_channels[0] must be even (time_proj)");
-    if (sd_unet_num_skips(c) > SD_UNET_MAX_SKIPS) return CFG_ERR("too many skip connections");
+    if (c->layers_per_block > SD_UNET_MAX_SKIPS || sd_unet_num_skips(c) > SD_UNET_MAX_SKIPS)   /* first test: no overflow */
+        return CFG_ERR("too many skip connections");
     for (int i = 0; i < c->levels; i++) {
         int C = c->block_out_channels[i];
         if (C % c->norm_num_groups) return CFG_ERR("block_out_channels[%d] = %d is not a multiple of norm_num_groups %d", i, C, c->norm_num_groups);

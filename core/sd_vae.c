@@ -2,6 +2,7 @@
 #include "sd_vae.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,7 +47,8 @@ static dl_status opt_int(const cJSON *root, const char *key, int *out)
 {
     double d = *out;
     DL_TRY(opt_num(root, key, &d));
-    if (d != (double)(int)d) return CFG_ERR("'%s' must be an integer", key);
+    if (!(d >= INT_MIN && d <= INT_MAX) || d != (double)(int)d)   /* range first: (int)1e300 is undefined */
+        return CFG_ERR("'%s' must be an integer", key);
     *out = (int)d;
     return DL_OK;
 }
@@ -75,7 +77,8 @@ static dl_status parse_root(sd_vae_config *c, const cJSON *root)
         c->levels = n;
         for (int i = 0; i < n; i++) {
             const cJSON *e = cJSON_GetArrayItem(boc, i);
-            if (!cJSON_IsNumber(e) || e->valuedouble < 1) return CFG_ERR("block_out_channels[%d] is not a positive integer", i);
+            if (!cJSON_IsNumber(e) || !(e->valuedouble >= 1 && e->valuedouble <= INT_MAX))
+                return CFG_ERR("block_out_channels[%d] is not a positive integer", i);
             c->block_out_channels[i] = (int)e->valuedouble;
         }
     }

@@ -5,6 +5,7 @@
 #include "toy_unet.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,7 +161,9 @@ dl_status toy_unet_config_from_json(toy_unet_config *cfg, const char *json)
     dl_status s = DL_OK;
     for (size_t i = 0; i < sizeof f / sizeof f[0] && s == DL_OK; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, f[i].key);
-        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+        /* range first: converting an out-of-range double (1e300) to int is undefined */
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX) ||
+            v->valuedouble != (double)(int)v->valuedouble)
             s = dl_fail(DL_ERR_FORMAT, "toy_unet config: \"%s\" missing or not an integer", f[i].key);
         else *f[i].dst = (int)v->valuedouble;
     }
@@ -171,7 +174,8 @@ dl_status toy_unet_config_from_json(toy_unet_config *cfg, const char *json)
                     cfg->levels);
     for (int i = 0; s == DL_OK && i < cfg->levels; i++) {
         const cJSON *v = cJSON_GetArrayItem(ch, i);
-        if (!cJSON_IsNumber(v)) s = dl_fail(DL_ERR_FORMAT, "toy_unet config: block_out_channels[%d] is not a number", i);
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX))
+            s = dl_fail(DL_ERR_FORMAT, "toy_unet config: block_out_channels[%d] is not a number in the int range", i);
         else cfg->block_out_channels[i] = (int)v->valuedouble;
     }
     cJSON_Delete(root);
