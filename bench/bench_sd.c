@@ -306,6 +306,10 @@ static const char *const g_files[] = {
 static void remove_model_dir(void)
 {
     if (!g_dir[0]) return;
+    if (getenv("BENCH_SD_KEEP")) {   /* e.g. to run bin/07_txt2img on the random model */
+        printf("kept the random model in %s (BENCH_SD_KEEP is set)\n", g_dir);
+        return;
+    }
     char p[700];
     for (size_t i = 0; i < sizeof g_files / sizeof g_files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", g_dir, g_files[i]);

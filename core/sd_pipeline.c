@@ -144,7 +144,7 @@ dl_status sd_pipeline_load(sd_pipeline *p, const char *path, const sd_load_opts 
     if (!is_dir(path) && !readable(path))
         return dl_fail(DL_ERR_IO, "model '%s' not found (give a diffusers folder or a .safetensors checkpoint)", path);
     DL_TRY(sd_weights_open(&p->weights, path));
-    dl_status s = sd_weights_set_cache(&p->weights, SD_PART_UNET, o && o->low_memory ? SD_CACHE_OFF : SD_CACHE_AUTO);
+    dl_status s = sd_weights_set_cache(&p->weights, SD_PART_UNET, o && o->keep_weights ? SD_CACHE_AUTO : SD_CACHE_OFF);
     if (s == DL_OK) s = load_parts(p, o);
     if (s != DL_OK) {
         char msg[1024];
