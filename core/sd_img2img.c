@@ -23,6 +23,8 @@ dl_status sd_img2img_plan_for(const dl_sampler *s, double strength, sd_img2img_p
     plan->strength = strength;
     plan->t_start = sd_img2img_t_start(N, strength);
     plan->init_timestep = N - plan->t_start;
+    if (plan->init_timestep < 1 && strength <= 0.0)
+        return dl_fail(DL_ERR_ARG, "img2img: strength 0 keeps the input unchanged and runs no step: give a strength in (0, 1]");
     if (plan->init_timestep < 1)
         return dl_fail(DL_ERR_ARG, "img2img: strength %g with %d steps runs no step (int(%d * %g) = 0): raise the "
                        "strength to at least %g or the steps to at least %d", strength, N, N, strength, 1.0 / N,

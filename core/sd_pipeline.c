@@ -529,3 +529,11 @@ dl_status sd_pipeline_run(sd_pipeline *p, const sd_run_opts *o, sd_step_fn cb, v
     dl_sampler_free(&s);
     return st;
 }
+
+void sd_fit_size(int pic_w, int pic_h, int factor, int max_latent, int *w, int *h)
+{
+    double k = (double)max_latent * factor / (pic_w > pic_h ? pic_w : pic_h);
+    if (k > 1) k = 1;
+    if (!*w) *w = (int)(pic_w * k) / factor * factor;
+    if (!*h) *h = (int)(pic_h * k) / factor * factor;
+}

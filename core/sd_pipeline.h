@@ -222,6 +222,12 @@ dl_status sd_preview_image(const sd_preview_map *map, const dl_tensor *latents, 
  *     Negative prompt: <negative>            (line left out when empty)
  *     Steps: 25, Sampler: dpmpp_2m, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: v1-5-pruned-emaonly
  * Returns the length like snprintf. */
+/* The size to generate a picture of pic_w x pic_h at: its own aspect, scaled
+ * down (never up) so that the longer side has at most max_latent latent
+ * pixels, each side rounded down to a multiple of the VAE's factor. Only
+ * the sides that are 0 in *w / *h are set (the user's choice wins). */
+void sd_fit_size(int pic_w, int pic_h, int factor, int max_latent, int *w, int *h);
+
 int sd_parameters_text(char *buf, size_t n, const sd_run_opts *o, const char *model_name);
 
 #endif

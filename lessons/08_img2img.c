@@ -263,12 +263,7 @@ int main(int argc, char **argv)
                "(encode, noise, denoise, decode) are real. Real weights: run without --model for what to download.\n", p.name);
     dl_image pic;
     if (dl_image_load(&pic, image_path, 3) != DL_OK) dl_die("--init-image: a PNG/JPEG picture");
-    if (!o.width || !o.height) {    /* its own size, at most 64 latent pixels a side, rounded down to multiples of f */
-        double k = pic.w > pic.h ? 64.0 * f / pic.w : 64.0 * f / pic.h;
-        if (k > 1) k = 1;
-        if (!o.width) o.width = (int)(pic.w * k) / f * f;
-        if (!o.height) o.height = (int)(pic.h * k) / f * f;
-    }
+    sd_fit_size(pic.w, pic.h, f, 64, &o.width, &o.height);   /* its own aspect, at most 64 latent pixels a side */
     if (o.width % f || o.height % f || o.width < 8 * f || o.height < 8 * f)
         dl_app_bad_arg(&app, "--width %d --height %d: both must be multiples of %d (this VAE's downscale factor) and at least %d",
                        o.width, o.height, f, 8 * f);

@@ -328,12 +328,7 @@ int main(int argc, char **argv)
     }
     dl_image raw;
     if (dl_image_load(&raw, image_path, 3) != DL_OK) dl_die("--image: a PNG/JPEG picture");
-    if (!o.width || !o.height) {    /* its own size, at most 64 latent pixels a side, rounded down to multiples of f */
-        double k = raw.w > raw.h ? 64.0 * f / raw.w : 64.0 * f / raw.h;
-        if (k > 1) k = 1;
-        if (!o.width) o.width = (int)(raw.w * k) / f * f;
-        if (!o.height) o.height = (int)(raw.h * k) / f * f;
-    }
+    sd_fit_size(raw.w, raw.h, f, 64, &o.width, &o.height);   /* its own aspect, at most 64 latent pixels a side */
     if (o.width % f || o.height % f || o.width < 8 * f || o.height < 8 * f)
         dl_app_bad_arg(&app, "--width %d --height %d: both must be multiples of %d (the VAE's downscale factor) and at least %d",
                        o.width, o.height, f, 8 * f);

@@ -4,6 +4,7 @@
  * checkpoint (headless, live on SDL's dummy driver, a diffusers run
  * reproduced through the command line, bad arguments). */
 #include "testing.h"
+#include "sd_cli_check.h"
 #include "../core/png_text.h"
 #include "../core/safetensors.h"
 #include "../core/sd_pipeline.h"
@@ -217,31 +218,7 @@ TEST(lesson07, command_line_reproduces_diffusers)
              "--save-latents %s --threads 1", dl_test_bin_dir(), png, lat);
     int rc = dl_test_run(cmd);
     if (!CHECK(rc == 0, "exit status %d", rc)) { dl_test_show_log(); return; }
-    dl_safetensors g, f;
-    dl_tensor want = {0}, got = {0}, img = {0};
-    if (CHECK(dl_st_open(&g, GOLDEN "/pipeline_ddim.safetensors") == DL_OK, "%s", dl_error_message())) {
-        if (load(&g, "latents_final", &want) && load(&g, "image", &img) &&
-            CHECK(dl_st_open(&f, lat) == DL_OK, "%s", dl_error_message())) {
-            if (load(&f, "latents_final", &got)) {
-                printf("    latents_final via the command line: max diff %.2e\n",
-                       dl_max_abs_diff(got.data, want.data, (size_t)want.numel));
-                CHECK_CLOSE("latents_final", got.data, want.data, (size_t)want.numel, 1e-3);
-            }
-            dl_st_close(&f);
-        }
-        dl_image png_img;   /* the PNG's bytes are diffusers' image * 255, rounded (one level of slack) */
-        if (img.data && CHECK(dl_image_load(&png_img, png, 3) == DL_OK, "%s", dl_error_message())) {
-            int worst = 0;
-            for (int64_t i = 0; i < img.numel; i++) {
-                int d = abs(png_img.px[i] - (int)nearbyintf(img.data[i] * 255.0f));
-                worst = d > worst ? d : worst;
-            }
-            CHECK(worst <= 1, "PNG differs from diffusers' image by %d levels", worst);
-            dl_image_free(&png_img);
-        }
-        dl_st_close(&g);
-    }
-    dl_tensor_free(&want); dl_tensor_free(&got); dl_tensor_free(&img);
+    sd_check_cli_run(GOLDEN "/pipeline_ddim.safetensors", lat, png);
 }
 
 TEST(lesson07, live_window_runs)

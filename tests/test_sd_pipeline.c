@@ -540,3 +540,19 @@ PIPE_TEST(preview_fit_recovers_a_linear_map)
     }
     dl_tensor_free(&lat); dl_tensor_free(&img);
 }
+
+/* sd_fit_size: the picture's aspect, scaled down to at most 64 latent
+ * pixels a side, multiples of the VAE factor; never scaled up; a side the
+ * user gave is kept. */
+TEST(sd_pipeline, fit_size)
+{
+    int w = 0, h = 0;
+    sd_fit_size(1000, 500, 8, 64, &w, &h);
+    CHECK(w == 512 && h == 256, "1000x500, factor 8: %dx%d, want 512x256", w, h);
+    w = h = 0;
+    sd_fit_size(451, 300, 8, 64, &w, &h);
+    CHECK(w == 448 && h == 296, "451x300 is small enough, rounded down to multiples of 8: %dx%d", w, h);
+    w = 640, h = 0;
+    sd_fit_size(1000, 500, 2, 64, &w, &h);
+    CHECK(w == 640 && h == 64, "given width kept, height fitted for factor 2: %dx%d", w, h);
+}
