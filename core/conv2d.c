@@ -172,12 +172,13 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
     DL_TRY(conv2d_check("conv2d", out, x, weight, bias, stride, padding, &g));
     const float *b = bias ? bias->data : NULL;
     const int par = dl_parallel_ok();
+    if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
+        return conv2d_direct_forward(out->data, x->data, weight->data, b, g.N, g.Cin, g.H, g.W, g.Cout,
+                                     g.KH, g.KW, stride, padding);
     if (g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0) {
         conv1x1(out->data, x->data, weight->data, b, &g, par);
         return DL_OK;
     }
-    if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
-        return conv2d_direct_forward(out->data, x->data, weight->data, b, g.N, g.Cin, g.H, g.W, g.Cout);
     const int K = g.Cin * g.KH * g.KW, HoWo = g.Ho * g.Wo;
 
     // Tile shape: as many columns as CONV2D_WORKSPACE_FLOATS allows, but at
@@ -485,7 +486,8 @@ dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, c
     if (!dx && !dweight) return DL_OK;
     float *dxd = dx ? dx->data : NULL, *dwd = dweight ? dweight->data : NULL;
     if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
-        return conv2d_direct_backward(dxd, dwd, dout->data, x->data, weight->data, g.N, g.Cin, g.H, g.W, g.Cout);
+        return conv2d_direct_backward(dxd, dwd, dout->data, x->data, weight->data, g.N, g.Cin, g.H, g.W, g.Cout,
+                                      g.KH, g.KW, stride, padding);
     const int K = g.Cin * g.KH * g.KW;
     const int is1x1 = g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0;
     int threads = dl_get_threads();

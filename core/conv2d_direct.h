@@ -30,13 +30,15 @@
  * choice)? x [N, Cin, H, W], weight [Cout, Cin, KH, KW]. */
 int conv2d_direct_applies(int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
-/* out [N, Cout, H, W] = conv(x, w) + bias (bias may be NULL). */
+/* out [N, Cout, Ho, Wo] = conv(x, w) + bias (bias may be NULL);
+ * w [Cout, Cin, KH, KW]. Fails (DL_ERR_ARG) where conv2d_direct_applies
+ * says no. */
 dl_status conv2d_direct_forward(float *out, const float *x, const float *w, const float *bias,
-                                int N, int Cin, int H, int W, int Cout);
+                                int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
 /* dx += conv^T(dout), dw += dout (x) x  (either may be NULL; dbias is
  * conv2d.c's business). */
 dl_status conv2d_direct_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                                 int N, int Cin, int H, int W, int Cout);
+                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
 #endif

@@ -240,30 +240,38 @@ TEST(conv2d, errors)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
 }
 
-/* The direct 3x3 kernel (conv2d_direct.h): widths of 1, 2 and 3 SIMD vectors
- * per row (16, 32, 48 are multiples of both 8 and 16), row counts that leave
- * a partial last tile of vectors, channel counts that leave a partial last
- * block of output channels, a single input channel, with and without bias.
- * Each case must really take the direct path, and the same cases through
- * im2col + sgemm must agree as well. */
-TEST(conv2d, direct_3x3_paths)
+/* The direct kernels (conv2d_direct.h). 3x3 stride 1: rows of 1, 2 and 3
+ * SIMD vectors (16, 32, 48 are multiples of both 8 and 16; the padded
+ * layout), planes whose rows are narrower than a vector (8x8, 4x4, 16x17
+ * and 2x8: the shifted layout, vectors running over row ends), row counts
+ * that leave a partial last tile of vectors, channel counts that leave a
+ * partial last block of output channels, a single input channel, with and
+ * without bias. 1x1 and 3x3 stride 2 (1-tap kernels on the input as it is
+ * and on im2col columns). Each case must really take the direct path, and
+ * the same cases through im2col + sgemm must agree as well. */
+TEST(conv2d, direct_paths)
 {
-    static const int cases[][5] = {   /* n, cin, h, w, cout */
-        {3, 5, 16, 16, 7}, {2, 3, 32, 32, 4}, {1, 1, 5, 32, 1}, {2, 6, 3, 48, 5},
-        {4, 16, 16, 16, 16}, {1, 9, 7, 16, 11}, {2, 128, 4, 16, 6},
+    static const int cases[][8] = {   /* n, cin, h, w, cout, k, stride, pad */
+        {3, 5, 16, 16, 7, 3, 1, 1}, {2, 3, 32, 32, 4, 3, 1, 1}, {1, 1, 5, 32, 1, 3, 1, 1}, {2, 6, 3, 48, 5, 3, 1, 1},
+        {4, 16, 16, 16, 16, 3, 1, 1}, {1, 9, 7, 16, 11, 3, 1, 1}, {2, 128, 4, 16, 6, 3, 1, 1},
+        {5, 7, 8, 8, 9, 3, 1, 1}, {2, 3, 4, 4, 5, 3, 1, 1}, {1, 4, 16, 17, 3, 3, 1, 1}, {3, 2, 2, 8, 6, 3, 1, 1},
+        {3, 7, 8, 8, 9, 1, 1, 0}, {2, 48, 32, 32, 16, 1, 1, 0}, {1, 5, 4, 4, 1, 1, 1, 0},
+        {2, 5, 16, 16, 6, 3, 2, 1}, {3, 4, 8, 8, 9, 3, 2, 1}, {1, 3, 15, 9, 4, 3, 2, 1},
     };
     dl_test_rng r = {0xd12ec7u};
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         const int *c = cases[i];
-        CHECK(conv2d_direct_applies(c[0], c[1], c[2], c[3], c[4], 3, 3, 1, 1),
-              "case %d: [%d,%d,%d,%d] -> %d should take the direct kernel", i, c[0], c[1], c[2], c[3], c[4]);
+        CHECK(conv2d_direct_applies(c[0], c[1], c[2], c[3], c[4], c[5], c[5], c[6], c[7]),
+              "case %d: [%d,%d,%d,%d] -> %d k%d s%d should take the direct kernel", i, c[0], c[1], c[2], c[3], c[4],
+              c[5], c[6]);
         for (int direct = 1; direct >= 0; direct--) {
             conv2d_use_direct(direct);
-            compare_case(&r, c[0], c[1], c[2], c[3], c[4], 3, 3, 1, 1, i % 2);
+            compare_case(&r, c[0], c[1], c[2], c[3], c[4], c[5], c[5], c[6], c[7], i % 2);
         }
     }
     conv2d_use_direct(1);
-    CHECK(!conv2d_direct_applies(2, 8, 16, 16, 8, 3, 3, 2, 1), "stride 2 is not direct");
-    CHECK(!conv2d_direct_applies(2, 8, 16, 17, 8, 3, 3, 1, 1), "width 17 is not direct");
+    CHECK(!conv2d_direct_applies(2, 8, 16, 16, 8, 3, 3, 3, 1), "stride 3 is not direct");
+    CHECK(!conv2d_direct_applies(2, 8, 16, 16, 8, 5, 5, 1, 2), "5x5 is not direct");
+    CHECK(!conv2d_direct_applies(2, 8, 5, 5, 8, 3, 3, 1, 1), "a 5x5 plane (25 pixels) is no whole number of vectors");
     CHECK(!conv2d_direct_applies(2, 320, 64, 64, 320, 3, 3, 1, 1), "SD-sized channels stay on sgemm");
 }

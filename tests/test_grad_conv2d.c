@@ -173,24 +173,39 @@ TEST(conv2d_backward, errors)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
 }
 
-/* The direct 3x3 kernel (conv2d_direct.h): dx by the flipped, transposed
- * kernel and dweight by per-thread partials, on partial vector tiles and
- * partial channel blocks; finite differences on a small case; 1 and 3
- * threads (one partial per thread, uneven shares). */
-TEST(conv2d_backward, direct_3x3)
+/* The direct kernels (conv2d_direct.h): dx by the flipped, transposed
+ * kernel (3x3), the transposed one (1x1) or columns added back (stride 2);
+ * dweight by per-thread running sums over groups of images; on partial
+ * vector tiles, partial channel blocks, both input layouts (padded rows,
+ * shifted planes); finite differences on small cases; 1 and 3 threads (a
+ * range of images per thread, uneven shares, more threads than images). */
+TEST(conv2d_backward, direct)
 {
     const int saved = dl_get_threads();
     dl_test_rng r = {0xd1b4c7u};
     conv2d_use_direct(1);
     CHECK(conv2d_direct_applies(2, 3, 3, 16, 5, 3, 3, 1, 1), "the small case must take the direct kernel");
+    CHECK(conv2d_direct_applies(2, 3, 4, 4, 5, 3, 3, 1, 1), "4x4 must take the direct kernel (shifted)");
+    CHECK(conv2d_direct_applies(2, 3, 8, 8, 5, 1, 1, 1, 0), "1x1 must take the direct kernel");
+    CHECK(conv2d_direct_applies(2, 3, 8, 8, 5, 3, 3, 2, 1), "stride 2 must take the direct kernel");
     conv_case_run(&r, 2, 3, 3, 16, 5, 3, 3, 1, 1, GC_NUMERIC);
+    conv_case_run(&r, 2, 3, 4, 4, 5, 3, 3, 1, 1, GC_NUMERIC);
+    conv_case_run(&r, 2, 3, 8, 8, 5, 1, 1, 1, 0, GC_NUMERIC);
+    conv_case_run(&r, 2, 3, 8, 8, 5, 3, 3, 2, 1, GC_NUMERIC);
     conv_case_run(&r, 3, 5, 16, 16, 7, 3, 3, 1, 1, GC_BIG);
     conv_case_run(&r, 2, 6, 5, 48, 9, 3, 3, 1, 1, GC_BIG);
     conv_case_run(&r, 1, 1, 7, 32, 3, 3, 3, 1, 1, GC_BIG);
+    conv_case_run(&r, 9, 17, 8, 8, 12, 3, 3, 1, 1, GC_BIG);    /* 9 images of 8x8: groups of 8, then 1 */
+    conv_case_run(&r, 4, 10, 16, 16, 9, 1, 1, 1, 0, GC_BIG);
+    conv_case_run(&r, 3, 7, 16, 16, 10, 3, 3, 2, 1, GC_BIG);
     dl_set_threads(3);
     conv_case_run(&r, 7, 4, 16, 16, 6, 3, 3, 1, 1, GC_NO_NUMERIC);
     conv_case_run(&r, 1, 16, 8, 32, 16, 3, 3, 1, 1, GC_NO_NUMERIC);
+    conv_case_run(&r, 8, 6, 8, 8, 7, 3, 3, 1, 1, GC_NO_NUMERIC);   /* image by image: 8 >= 2 x 3 */
+    conv_case_run(&r, 8, 6, 8, 8, 7, 3, 3, 2, 1, GC_NO_NUMERIC);
+    conv_case_run(&r, 8, 6, 8, 8, 7, 1, 1, 1, 0, GC_NO_NUMERIC);
     dl_set_threads(1);
     conv_case_run(&r, 2, 8, 16, 16, 8, 3, 3, 1, 1, GC_NO_NUMERIC);
+    conv_case_run(&r, 4, 8, 8, 8, 8, 3, 3, 2, 1, GC_NO_NUMERIC);
     dl_set_threads(saved);
 }
