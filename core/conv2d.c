@@ -487,7 +487,7 @@ dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, c
     float *dxd = dx ? dx->data : NULL, *dwd = dweight ? dweight->data : NULL;
     if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
         return conv2d_direct_backward(dxd, dwd, dout->data, x->data, weight->data, g.N, g.Cin, g.H, g.W, g.Cout,
-                                      g.KH, g.KW, stride, padding);
+                                      g.KH, g.KW, stride, padding, 0);
     const int K = g.Cin * g.KH * g.KW;
     const int is1x1 = g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0;
     int threads = dl_get_threads();
@@ -567,4 +567,20 @@ dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, c
     }
     free(scratch);
     return DL_OK;
+}
+
+/* dx is written, not added to. The direct kernels write it in place; the
+ * im2col + sgemm paths add into a zeroed dx. */
+dl_status conv2d_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                                 const dl_tensor *x, const dl_tensor *weight, int stride, int padding)
+{
+    conv_geom g = {0};
+    DL_TRY(conv2d_backward_check("conv2d_backward_set_dx", dx, dweight, dbias, dout, x, weight, stride, padding, &g));
+    if (dx && g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding)) {
+        if (dbias) conv_bias_grad(dbias->data, dout->data, &g, dl_parallel_ok());
+        return conv2d_direct_backward(dx->data, dweight ? dweight->data : NULL, dout->data, x->data, weight->data,
+                                      g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding, 1);
+    }
+    if (dx) dl_tensor_zero(dx);
+    return conv2d_backward(dx, dweight, dbias, dout, x, weight, stride, padding);
 }

@@ -82,6 +82,12 @@ int  conv2d_direct_enabled(void);
  */
 dl_status conv2d_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
                               const dl_tensor *x, const dl_tensor *weight, int stride, int padding);
+/* The same, but dx is SET (dx = dL/dx) instead of added to; dweight and
+ * dbias are still added to. For a gradient buffer that this call is the
+ * first to write: no need to zero it first (and to read the zeros back),
+ * which saves two passes over memory per call in a training step. */
+dl_status conv2d_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
+                                 const dl_tensor *x, const dl_tensor *weight, int stride, int padding);
 dl_status conv2d_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *dout,
                           const dl_tensor *x, const dl_tensor *weight, int stride, int padding);
 

@@ -498,7 +498,8 @@ dl_status conv2d_direct_forward(float *out, const float *x, const float *w, cons
 /* Stride 2's dx, image by image: dcol [Cin*9, P] = w^T dout[n] (a 1x1
  * kernel from Cout to Cin*9 planes), then added back onto the pixels it
  * came from. ws: threads x Cin*9*P floats. */
-static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_plan *c, int threads, float *ws)
+static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_plan *c, int threads, float *ws,
+                  int set_dx)
 {
     dconv_plan one = *c;                   /* the 1x1 pass on one image */
     one.kind = DCONV_1X1;
@@ -514,6 +515,7 @@ static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_pla
         #pragma omp for schedule(static)
         for (int n = 0; n < c->N; n++) {
             conv_images(dcol, dout + (size_t)n * c->Cout * c->g.P, c->Cout, wp, NULL, c->Cin_k, &one, 1, NULL, 0);
+            if (set_dx) memset(dx + (size_t)n * c->Cin * c->H * c->W, 0, sizeof(float) * c->Cin * c->H * c->W);
             for (int ch = 0; ch < c->Cin; ch++)
                 col2im_plane_s2_add(dx + ((size_t)n * c->Cin + ch) * c->H * c->W, dcol + (size_t)ch * 9 * c->g.P,
                                     c->H, c->W, c->Ho, c->Wo);
@@ -522,7 +524,8 @@ static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_pla
 }
 
 dl_status conv2d_direct_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad)
+                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad,
+                                 int set_dx)
 {
     if (!dx && !dw) return DL_OK;
     if (!conv2d_direct_applies(N, Cin, H, W, Cout, KH, KW, stride, pad))
@@ -545,15 +548,15 @@ dl_status conv2d_direct_backward(float *dx, float *dw, const float *dout, const 
     if (dx && c.kind == DCONV_3X3) {
         /* dx[n, ci] += sum over co, kh, kw of w[co, ci, 2-kh, 2-kw] * doutpad[n, co, h+kh, w+kw] */
         pack_weights(wp, w, Cin, Cout, 9, channel_block(c.g.vw), 1);
-        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, ws, 1);
+        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, ws, !set_dx);
     } else if (dx && c.kind == DCONV_1X1) {
         /* dx[n, ci] += sum over co of w[co, ci] * dout[n, co] */
         pack_weights(wp, w, Cin, Cout, 1, channel_block(c.g.vw), 1);
-        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, NULL, 1);
+        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, NULL, !set_dx);
     } else if (dx) {
         /* stride 2: dcol[ci*9+t] = sum over co of w[co, ci*9+t] * dout[co], back onto the pixels */
         pack_weights(wp, w, c.Cin_k, Cout, 1, channel_block(c.g.vw), 1);
-        dx_s2(dx, dout, wp, &c, threads, ws);
+        dx_s2(dx, dout, wp, &c, threads, ws, set_dx);
     }
     if (dw) dweight_images(dw, dout, x, &c, dw_threads, ws);
     free(ws); free(wp);

@@ -36,9 +36,10 @@ int conv2d_direct_applies(int N, int Cin, int H, int W, int Cout, int KH, int KW
 dl_status conv2d_direct_forward(float *out, const float *x, const float *w, const float *bias,
                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
-/* dx += conv^T(dout), dw += dout (x) x  (either may be NULL; dbias is
- * conv2d.c's business). */
+/* dx += conv^T(dout) (dx = ... with set_dx), dw += dout (x) x  (either
+ * may be NULL; dbias is conv2d.c's business). */
 dl_status conv2d_direct_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
+                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad,
+                                 int set_dx);
 
 #endif

@@ -173,15 +173,15 @@ dl_status linear_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
     return DL_OK;
 }
 
-dl_status linear_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
-                          const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight)
+static dl_status linear_backward_beta(const char *op, dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                                     const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight, float dx_beta)
 {
     int rows = 0, in = 0, outf = 0;
-    DL_TRY(linear_backward_check("linear_backward", dx, dweight, dbias, dout, x, weight, &rows, &in, &outf));
-    // dx[rows, in] += dout[rows, outf] x weight[outf, in]
+    DL_TRY(linear_backward_check(op, dx, dweight, dbias, dout, x, weight, &rows, &in, &outf));
+    // dx[rows, in] = dx_beta * dx + dout[rows, outf] x weight[outf, in]
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in, outf,
-                    1.0f, dout->data, outf, weight->data, in, 1.0f, dx->data, in);
+                    1.0f, dout->data, outf, weight->data, in, dx_beta, dx->data, in);
     // dweight[outf, in] += dout[rows, outf]^T x x[rows, in]
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, outf, in, rows,
@@ -204,4 +204,16 @@ dl_status linear_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
         }
     }
     return DL_OK;
+}
+
+dl_status linear_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                          const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight)
+{
+    return linear_backward_beta("linear_backward", dx, dweight, dbias, dout, x, weight, 1.0f);
+}
+
+dl_status linear_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                                 const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight)
+{
+    return linear_backward_beta("linear_backward_set_dx", dx, dweight, dbias, dout, x, weight, 0.0f);
 }

@@ -45,5 +45,10 @@ dl_status linear_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
                               const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight);
 dl_status linear_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
                           const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight);
+/* The same with dx SET (dx = dout W, sgemm beta = 0) instead of added to;
+ * dweight and dbias are still added to. For a dx buffer this call writes
+ * first: no zeroing needed. */
+dl_status linear_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias,
+                                 const dl_tensor *dout, const dl_tensor *x, const dl_tensor *weight);
 
 #endif

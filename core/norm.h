@@ -88,6 +88,11 @@ dl_status group_norm_silu_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_ten
 dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                    const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
                                    int groups, float eps);
+/* The same with dx SET (dx = ...) instead of added to (dweight, dbias are
+ * still added to): for a dx buffer this call writes first, no zeroing. */
+dl_status group_norm_silu_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                                          const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                                          int groups, float eps);
 
 /* The argument checks of group_norm (x [N, C, ...] with 2 to 4 dims, C
  * divisible by groups, eps >= 0, weight / bias [C] or NULL), for kernels

@@ -83,11 +83,10 @@ dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_t
     return DL_OK;
 }
 
-dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
-                                   const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                   int groups, float eps)
+static dl_status gns_backward(const char *op, dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                              const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                              int groups, float eps, int set_dx)
 {
-    const char *op = "group_norm_silu_backward";
     DL_TRY(check_pair(op, x, n, "n"));
     DL_TRY(check_pair(op, x, da, "da"));
     DL_TRY(group_norm_check_args(op, x, weight, NULL, groups, eps));
@@ -156,8 +155,13 @@ dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor 
             const float *xc = xg + c * S, *dnc = dng + c * S;
             float *dxc = dx->data + off + c * S;
             const float w = wd ? wd[g * Cg + c] : 1.0f;
-            #pragma omp simd
-            for (int64_t i = 0; i < S; i++) dxc[i] += rstd * (dnc[i] * w - a - (xc[i] - m) * rstd * b);
+            if (set_dx) {
+                #pragma omp simd
+                for (int64_t i = 0; i < S; i++) dxc[i] = rstd * (dnc[i] * w - a - (xc[i] - m) * rstd * b);
+            } else {
+                #pragma omp simd
+                for (int64_t i = 0; i < S; i++) dxc[i] += rstd * (dnc[i] * w - a - (xc[i] - m) * rstd * b);
+            }
         }
     }
     for (int64_t c = 0; c < C && (dweight || dbias); c++) {
@@ -172,4 +176,18 @@ dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor 
     free(dn_buf);
     free(part);
     return DL_OK;
+}
+
+dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                                   const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                                   int groups, float eps)
+{
+    return gns_backward("group_norm_silu_backward", dx, dweight, dbias, da, x, n, weight, groups, eps, 0);
+}
+
+dl_status group_norm_silu_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
+                                          const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                                          int groups, float eps)
+{
+    return gns_backward("group_norm_silu_backward_set_dx", dx, dweight, dbias, da, x, n, weight, groups, eps, 1);
 }

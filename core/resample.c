@@ -274,10 +274,10 @@ dl_status concat_channels_backward_ref(dl_tensor *da, dl_tensor *db, const dl_te
     return DL_OK;
 }
 
-dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout)
+static dl_status concat_backward_impl(const char *op, dl_tensor *da, dl_tensor *db, const dl_tensor *dout, int set)
 {
     int64_t Ca = 0;
-    DL_TRY(concat_backward_check("concat_channels_backward", da, db, dout, &Ca));
+    DL_TRY(concat_backward_check(op, da, db, dout, &Ca));
     if (!da && !db) return DL_OK;
     const int64_t N = dout->shape[0], HW = dout->shape[2] * dout->shape[3];
     const int64_t na = Ca * HW, nb = (dout->shape[1] - Ca) * HW;   // floats per image
@@ -286,8 +286,23 @@ dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor
     #pragma omp parallel for schedule(static) if (par && N * (na + nb) >= 32768)
     for (int64_t n = 0; n < N; n++) {
         const float *g = dout->data + n * (na + nb);
+        if (set) {                                   /* a split: two copies */
+            if (da) memcpy(da->data + n * na, g, sizeof(float) * (size_t)na);
+            if (db) memcpy(db->data + n * nb, g + na, sizeof(float) * (size_t)nb);
+            continue;
+        }
         if (da) { float *d = da->data + n * na; for (int64_t i = 0; i < na; i++) d[i] += g[i]; }
         if (db) { float *d = db->data + n * nb; for (int64_t i = 0; i < nb; i++) d[i] += g[na + i]; }
     }
     return DL_OK;
+}
+
+dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout)
+{
+    return concat_backward_impl("concat_channels_backward", da, db, dout, 0);
+}
+
+dl_status concat_channels_backward_set(dl_tensor *da, dl_tensor *db, const dl_tensor *dout)
+{
+    return concat_backward_impl("concat_channels_backward_set", da, db, dout, 1);
 }

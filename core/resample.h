@@ -52,5 +52,7 @@ dl_status avg_pool2d_backward(dl_tensor *dx, const dl_tensor *dout, int kernel, 
 
 dl_status concat_channels_backward_ref(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
 dl_status concat_channels_backward(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
+/* The same with da and db SET (a split of dout) instead of added to. */
+dl_status concat_channels_backward_set(dl_tensor *da, dl_tensor *db, const dl_tensor *dout);
 
 #endif

@@ -98,6 +98,19 @@ dl_status dl_tensor_copy(dl_tensor *dst, const dl_tensor *src)
     return DL_OK;
 }
 
+void dl_zero_floats(float *p, int64_t n)
+{
+    const int64_t chunk = 1 << 16;
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static) if (dl_parallel_ok() && chunks > 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t len = c == chunks - 1 ? n - c * chunk : chunk;
+        memset(p + c * chunk, 0, (size_t)len * sizeof(float));
+    }
+}
+
+void dl_tensor_zero(dl_tensor *t) { dl_zero_floats(t->data, t->numel); }
+
 void dl_tensor_fill(dl_tensor *t, float value)
 {
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = value;

@@ -49,6 +49,9 @@ void dl_tensor_free(dl_tensor *t);
 dl_status dl_tensor_copy(dl_tensor *dst, const dl_tensor *src);
 
 void dl_tensor_fill(dl_tensor *t, float value);
+/* Zero n floats at p / all of t, big ones on all threads. */
+void dl_zero_floats(float *p, int64_t n);
+void dl_tensor_zero(dl_tensor *t);
 
 /* Do two tensors share memory? (Fast kernels that write `out` while BLAS
  * still reads the inputs reject aliasing with this.) */

@@ -504,7 +504,7 @@ dl_status toy_unet_forward(toy_unet *n, const dl_tensor *x, const float *timeste
 
 /* Two buffers of the largest activation size: the gradient flowing down the
  * network lives in one while the next block writes its input's gradient
- * into the other. */
+ * into the other. Not zeroed: every block sets its dx (toy_unet_blocks.h). */
 typedef struct { float *buf[2]; int cur; } pingpong;
 
 static dl_tensor pp_next(pingpong *pp, const dl_tensor *like)
@@ -512,7 +512,6 @@ static dl_tensor pp_next(pingpong *pp, const dl_tensor *like)
     pp->cur ^= 1;
     dl_tensor t;
     dl_tensor_view(&t, pp->buf[pp->cur], like->ndim, like->shape);
-    toy_zero_floats(t.data, t.numel);
     return t;
 }
 
@@ -522,7 +521,8 @@ static dl_status backward_body(toy_unet *n, const dl_tensor *deps, dl_tensor *dx
     const int B = n->batch, L = c->levels, lpb = c->layers_per_block;
     dl_arena *scr = &n->scratch;
     dl_tensor dskip[MAX_SKIPS], dtemb_act, dctx, ppt[2];
-    for (int k = 0; k < n->nskips; k++) DL_TRY(toy_scratch_tensor(scr, &dskip[k], 4, BV(*n->skip[k]).shape, 1));
+    /* each skip feeds one concat, whose backward sets its gradient: no zeroing */
+    for (int k = 0; k < n->nskips; k++) DL_TRY(toy_scratch_tensor(scr, &dskip[k], 4, BV(*n->skip[k]).shape, 0));
     DL_TRY(toy_scratch_tensor(scr, &dtemb_act, 2, BV(n->temb).shape, 1));
     DL_TRY(toy_scratch_tensor(scr, &dctx, 3, BV(n->ctx).shape, 1));
     for (int k = 0; k < 2; k++) DL_TRY(toy_scratch_tensor(scr, &ppt[k], 1, DL_SHAPE((int64_t)n->max_grad_floats), 0));
@@ -531,10 +531,11 @@ static dl_status backward_body(toy_unet *n, const dl_tensor *deps, dl_tensor *dx
 
     /* head: eps = conv_out(silu(conv_norm_out(h))) */
     dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a), h_last = BV(*n->h_last), d_oa;
-    DL_TRY(toy_scratch_tensor(scr, &d_oa, 4, out_a.shape, 1));
-    DL_TRY(conv2d_backward(&d_oa, &n->conv_out_w->grad, &n->conv_out_b->grad, deps, &out_a, &n->conv_out_w->value, 1, 1));
+    DL_TRY(toy_scratch_tensor(scr, &d_oa, 4, out_a.shape, 0));
+    DL_TRY(conv2d_backward_set_dx(&d_oa, &n->conv_out_w->grad, &n->conv_out_b->grad, deps, &out_a,
+                                  &n->conv_out_w->value, 1, 1));
     dl_tensor dh = pp_next(&pp, &h_last), dn;
-    DL_TRY(group_norm_silu_backward(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_oa, &h_last, &out_n,
+    DL_TRY(group_norm_silu_backward_set_dx(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_oa, &h_last, &out_n,
                                     &n->norm_out_w->value, c->norm_groups, NORM_EPS));
     dl_arena_reset(scr, mark);
 
@@ -562,7 +563,7 @@ static dl_status backward_body(toy_unet *n, const dl_tensor *deps, dl_tensor *dx
             prev.shape[1] = r->x.shape[1] - dskip[n->up_skip[i][j]].shape[1];
             prev.numel = prev.numel / r->x.shape[1] * prev.shape[1];
             dh = pp_next(&pp, &prev);
-            DL_TRY(concat_channels_backward(&dh, &dskip[n->up_skip[i][j]], &dcat));
+            DL_TRY(concat_channels_backward_set(&dh, &dskip[n->up_skip[i][j]], &dcat));
         }
     }
     toy_resblock *mid[2] = {&n->mid_res[1], &n->mid_res[0]};   /* mid, in reverse */

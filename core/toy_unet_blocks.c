@@ -33,16 +33,7 @@ dl_tensor toy_batch_view(const dl_tensor *t, int B)
 
 size_t toy_arena_floats(int64_t n) { return (size_t)n + 16; }
 
-void toy_zero_floats(float *p, int64_t n)
-{
-    const int64_t chunk = 1 << 16;
-    const int64_t chunks = (n + chunk - 1) / chunk;
-    #pragma omp parallel for schedule(static) if (dl_parallel_ok() && chunks > 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t len = c == chunks - 1 ? n - c * chunk : chunk;
-        memset(p + c * chunk, 0, (size_t)len * sizeof(float));
-    }
-}
+void toy_zero_floats(float *p, int64_t n) { dl_zero_floats(p, n); }
 
 dl_status toy_scratch_tensor(dl_arena *a, dl_tensor *t, int ndim, const int64_t shape[], int zero)
 {
@@ -413,10 +404,18 @@ dl_status toy_resample_forward(toy_resample *b, const dl_tensor *x)
 /* ======================================================================== */
 /* Backward                                                                   */
 
-/* A zeroed gradient tensor from the scratch arena, shaped like `like`. */
+/* A zeroed gradient tensor from the scratch arena, shaped like `like`, for
+ * kernels that add (+=) into it. */
 #define GRAD(name, like) \
     dl_tensor name; \
     DL_TRY(toy_scratch_tensor(scratch, &name, (like).ndim, (like).shape, 1))
+
+/* The same, not zeroed: the first kernel to write it sets it (a *_set_dx
+ * kernel or a copy). Zeroing a buffer and reading the zeros back costs two
+ * passes over memory, as much as an elementwise op. */
+#define GRAD_SET(name, like) \
+    dl_tensor name; \
+    DL_TRY(toy_scratch_tensor(scratch, &name, (like).ndim, (like).shape, 0))
 
 /* The *_body functions may return early (DL_TRY); their callers reset the
  * scratch arena afterwards whatever happened. */
@@ -426,15 +425,15 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
     const int B = (int)dout->shape[0];
     dl_tensor n1 = toy_batch_view(&b->n1, B), a1 = toy_batch_view(&b->a1, B);
     dl_tensor h = toy_batch_view(&b->h, B), n2 = toy_batch_view(&b->n2, B), a2 = toy_batch_view(&b->a2, B);
-    /* out = conv2(a2) + shortcut(x): the shortcut path first (dx += ...) */
-    if (b->short_w) DL_TRY(conv2d_backward(dx, &b->short_w->grad, &b->short_b->grad, dout, &b->x,
-                                           &b->short_w->value, 1, 0));
-    else DL_TRY(add_backward(dx, NULL, dout));                        /* identity: dx += dout */
-    GRAD(d_a2, a2);
-    DL_TRY(conv2d_backward(&d_a2, &b->conv2_w->grad, &b->conv2_b->grad, dout, &a2, &b->conv2_w->value, 1, 1));
-    GRAD(d_h, h);                          /* through silu and norm2 in one kernel */
-    DL_TRY(group_norm_silu_backward(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_a2, &h, &n2, &b->norm2_w->value,
-                                    b->groups, b->eps));
+    /* out = conv2(a2) + shortcut(x): the shortcut path first sets dx */
+    if (b->short_w) DL_TRY(conv2d_backward_set_dx(dx, &b->short_w->grad, &b->short_b->grad, dout, &b->x,
+                                                  &b->short_w->value, 1, 0));
+    else DL_TRY(dl_tensor_copy(dx, dout));                            /* identity: dx = dout */
+    GRAD_SET(d_a2, a2);
+    DL_TRY(conv2d_backward_set_dx(&d_a2, &b->conv2_w->grad, &b->conv2_b->grad, dout, &a2, &b->conv2_w->value, 1, 1));
+    GRAD_SET(d_h, h);                      /* through silu and norm2 in one kernel */
+    DL_TRY(group_norm_silu_backward_set_dx(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_a2, &h, &n2,
+                                           &b->norm2_w->value, b->groups, b->eps));
     /* h = conv1(a1) + tproj[:, :, None, None]: tproj's gradient sums d_h over the pixels */
     dl_tensor d_tproj, d_tproj2;
     DL_TRY(toy_scratch_tensor(scratch, &d_tproj, 4, DL_SHAPE(B, b->out_ch, 1, 1), 1));
@@ -442,8 +441,8 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
     DL_TRY(dl_tensor_reshape(&d_tproj2, &d_tproj, 2, DL_SHAPE(B, b->out_ch)));
     DL_TRY(linear_backward(dtemb_act, &b->temb_w->grad, &b->temb_b->grad, &d_tproj2, &b->temb_act,
                            &b->temb_w->value));
-    GRAD(d_a1, a1);
-    DL_TRY(conv2d_backward(&d_a1, &b->conv1_w->grad, &b->conv1_b->grad, &d_h, &a1, &b->conv1_w->value, 1, 1));
+    GRAD_SET(d_a1, a1);
+    DL_TRY(conv2d_backward_set_dx(&d_a1, &b->conv1_w->grad, &b->conv1_b->grad, &d_h, &a1, &b->conv1_w->value, 1, 1));
     return group_norm_silu_backward(dx, &b->norm1_w->grad, &b->norm1_b->grad, &d_a1, &b->x, &n1, &b->norm1_w->value,
                                     b->groups, b->eps);
 }
@@ -479,59 +478,59 @@ static dl_status transformer_backward_body(toy_transformer *b, dl_tensor *dx, dl
     dl_tensor dbh = rows_of(&b->ff0_b->grad, 0, 4 * C), dbg = rows_of(&b->ff0_b->grad, 4 * C, 4 * C);
 
     /* out = nchw(proj_out(t3)) + x */
-    DL_TRY(add_backward(dx, NULL, dout));
-    GRAD(d_po, t3);
+    DL_TRY(dl_tensor_copy(dx, dout));                         /* dx = dout, the norm adds its part last */
+    GRAD_SET(d_po, t3);
     nchw_to_tokens(d_po.data, dout->data, B, C, L);
-    GRAD(d_res, t3);                                          /* d t3 */
-    DL_TRY(linear_backward(&d_res, &dpout, &b->proj_out_b->grad, &d_po, &t3, &pout));
+    GRAD_SET(d_res, t3);                                      /* d t3 */
+    DL_TRY(linear_backward_set_dx(&d_res, &dpout, &b->proj_out_b->grad, &d_po, &t3, &pout));
     size_t mark = dl_arena_mark(scratch);
 
     /* t3 = t2 + ff.net.2(ffh * gelu(ffg)) */
-    GRAD(dm, m);
-    DL_TRY(linear_backward(&dm, &b->ff2_w->grad, &b->ff2_b->grad, &d_res, &m, &b->ff2_w->value));
+    GRAD_SET(dm, m);
+    DL_TRY(linear_backward_set_dx(&dm, &b->ff2_w->grad, &b->ff2_b->grad, &d_res, &m, &b->ff2_w->value));
     GRAD(d_ffh, ffh);
     GRAD(d_gg, gg);
     DL_TRY(mul_backward(&d_ffh, &d_gg, &dm, &ffh, &gg));
     GRAD(d_ffg, ffg);
     DL_TRY(gelu_erf_backward(&d_ffg, &d_gg, &ffg));
-    GRAD(d_n3, n3);
-    DL_TRY(linear_backward(&d_n3, &dwh, &dbh, &d_ffh, &n3, &wh));
+    GRAD_SET(d_n3, n3);
+    DL_TRY(linear_backward_set_dx(&d_n3, &dwh, &dbh, &d_ffh, &n3, &wh));
     DL_TRY(linear_backward(&d_n3, &dwg, &dbg, &d_ffg, &n3, &wg));
     DL_TRY(layer_norm_backward(&d_res, &b->ln3_w->grad, &b->ln3_b->grad, &d_n3, &t2, &b->ln3_w->value, LN_EPS));
     dl_arena_reset(scratch, mark);                            /* d_res is now d t2 */
 
     /* t2 = t1 + to_out(attention(q(n2), k(ctx), v(ctx))) */
-    GRAD(da2, a2);
-    DL_TRY(linear_backward(&da2, &b->o2_w->grad, &b->o2_b->grad, &d_res, &a2, &b->o2_w->value));
+    GRAD_SET(da2, a2);
+    DL_TRY(linear_backward_set_dx(&da2, &b->o2_w->grad, &b->o2_b->grad, &d_res, &a2, &b->o2_w->value));
     GRAD(dq2, q2);
     GRAD(dk2, k2);
     GRAD(dv2, v2);
     DL_TRY(attention_backward(&dq2, &dk2, &dv2, &da2, &q2, &k2, &v2, b->heads, 0));
-    GRAD(d_n2, n2);
-    DL_TRY(linear_backward(&d_n2, &b->q2_w->grad, NULL, &dq2, &n2, &b->q2_w->value));
+    GRAD_SET(d_n2, n2);
+    DL_TRY(linear_backward_set_dx(&d_n2, &b->q2_w->grad, NULL, &dq2, &n2, &b->q2_w->value));
     DL_TRY(linear_backward(dctx, &b->k2_w->grad, NULL, &dk2, &b->ctx, &b->k2_w->value));
     DL_TRY(linear_backward(dctx, &b->v2_w->grad, NULL, &dv2, &b->ctx, &b->v2_w->value));
     DL_TRY(layer_norm_backward(&d_res, &b->ln2_w->grad, &b->ln2_b->grad, &d_n2, &t1, &b->ln2_w->value, LN_EPS));
     dl_arena_reset(scratch, mark);                            /* d t1 */
 
     /* t1 = t0 + to_out(attention(q(n1), k(n1), v(n1))) */
-    GRAD(da1, a1);
-    DL_TRY(linear_backward(&da1, &b->o1_w->grad, &b->o1_b->grad, &d_res, &a1, &b->o1_w->value));
+    GRAD_SET(da1, a1);
+    DL_TRY(linear_backward_set_dx(&da1, &b->o1_w->grad, &b->o1_b->grad, &d_res, &a1, &b->o1_w->value));
     GRAD(dq1, q1);
     GRAD(dk1, k1);
     GRAD(dv1, v1);
     DL_TRY(attention_backward(&dq1, &dk1, &dv1, &da1, &q1, &k1, &v1, b->heads, 0));
-    GRAD(d_n1, n1);
-    DL_TRY(linear_backward(&d_n1, &b->q1_w->grad, NULL, &dq1, &n1, &b->q1_w->value));
+    GRAD_SET(d_n1, n1);
+    DL_TRY(linear_backward_set_dx(&d_n1, &b->q1_w->grad, NULL, &dq1, &n1, &b->q1_w->value));
     DL_TRY(linear_backward(&d_n1, &b->k1_w->grad, NULL, &dk1, &n1, &b->k1_w->value));
     DL_TRY(linear_backward(&d_n1, &b->v1_w->grad, NULL, &dv1, &n1, &b->v1_w->value));
     DL_TRY(layer_norm_backward(&d_res, &b->ln1_w->grad, &b->ln1_b->grad, &d_n1, &t0, &b->ln1_w->value, LN_EPS));
     dl_arena_reset(scratch, mark);                            /* d t0 */
 
     /* t0 = proj_in(tokens(norm(x))) */
-    GRAD(d_tok, tok);
-    DL_TRY(linear_backward(&d_tok, &dpin, &b->proj_in_b->grad, &d_res, &tok, &pin));
-    GRAD(d_gn, gn);
+    GRAD_SET(d_tok, tok);
+    DL_TRY(linear_backward_set_dx(&d_tok, &dpin, &b->proj_in_b->grad, &d_res, &tok, &pin));
+    GRAD_SET(d_gn, gn);
     tokens_to_nchw(d_gn.data, d_tok.data, B, C, L);
     return group_norm_backward(dx, &b->norm_w->grad, &b->norm_b->grad, &d_gn, &b->x, &b->norm_w->value,
                                b->groups, TR_GN_EPS);
@@ -556,11 +555,13 @@ dl_status toy_resample_backward(toy_resample *b, dl_tensor *dx, const dl_tensor 
     int f = b->up ? 2 : 1, d = b->up ? 1 : 2;                /* output size = input * f / d */
     DL_TRY(dl_check_shape(dout, b->name, "dout", 4, DL_SHAPE(B, b->C, b->H * f / d, b->W * f / d)));
     if (!b->up)
-        return conv2d_backward(dx, &b->conv_w->grad, &b->conv_b->grad, dout, &b->x, &b->conv_w->value, 2, 1);
+        return conv2d_backward_set_dx(dx, &b->conv_w->grad, &b->conv_b->grad, dout, &b->x, &b->conv_w->value, 2, 1);
     size_t mark = dl_arena_mark(scratch);
     dl_tensor xu = toy_batch_view(&b->xu, B), d_xu;
-    dl_status s = toy_scratch_tensor(scratch, &d_xu, 4, xu.shape, 1);
-    if (s == DL_OK) s = conv2d_backward(&d_xu, &b->conv_w->grad, &b->conv_b->grad, dout, &xu, &b->conv_w->value, 1, 1);
+    dl_status s = toy_scratch_tensor(scratch, &d_xu, 4, xu.shape, 0);
+    if (s == DL_OK) s = conv2d_backward_set_dx(&d_xu, &b->conv_w->grad, &b->conv_b->grad, dout, &xu,
+                                               &b->conv_w->value, 1, 1);
+    if (s == DL_OK) dl_tensor_zero(dx);                 /* the upsample's backward adds */
     if (s == DL_OK) s = upsample_nearest2x_backward(dx, &d_xu);
     dl_arena_reset(scratch, mark);
     return s;

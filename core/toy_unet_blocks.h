@@ -21,12 +21,15 @@
  *     toy_resblock_plan(&rb, &planner, max_batch);       // saved activations, once
  *     toy_resblock_forward(&rb, &x, &temb_act, &scratch);  // x [B, 32, 16, 16], B <= max_batch
  *     ... rb.out: view it with toy_batch_view(&rb.out, B) ...
- *     toy_resblock_backward(&rb, &dx, &dtemb_act, &dout, &scratch);   // += into dx, dtemb, grads
+ *     toy_resblock_backward(&rb, &dx, &dtemb_act, &dout, &scratch);   // dx =, += into dtemb, grads
  *
  * Saved activations are allocated ONCE for max_batch; a smaller batch uses
  * the first B images of each (toy_batch_view). The scratch arena holds the
  * temporaries of one block's backward and is reset before the call returns.
- * Backward gradients ACCUMULATE, like every backward kernel of difflab.
+ * Parameter gradients and the shared dtemb_act / dctx ACCUMULATE, like
+ * every backward kernel of difflab. The input gradient dx is SET (written,
+ * not added to): in the U-Net each block's input feeds only that block, so
+ * its gradient buffer needs no zeroing first.
  */
 #ifndef DL_TOY_UNET_BLOCKS_H
 #define DL_TOY_UNET_BLOCKS_H
@@ -130,7 +133,7 @@ dl_status toy_transformer_init(toy_transformer *b, dl_param_list *params, dl_rng
 dl_status toy_transformer_plan(toy_transformer *b, toy_planner *plan, int max_batch);
 dl_status toy_transformer_forward(toy_transformer *b, const dl_tensor *x, const dl_tensor *ctx,
                                   dl_arena *scratch);
-/* dx [B, C, H, W] and dctx [B, Lc, ctx_dim] accumulate (dctx may be NULL). */
+/* dx [B, C, H, W] is set; dctx [B, Lc, ctx_dim] accumulates (may be NULL). */
 dl_status toy_transformer_backward(toy_transformer *b, dl_tensor *dx, dl_tensor *dctx,
                                    const dl_tensor *dout, dl_arena *scratch);
 size_t toy_transformer_scratch_floats(const toy_transformer *b, int B);
