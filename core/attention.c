@@ -117,11 +117,37 @@ static void attention_chunk(float *S, const float *q, const float *k, const floa
                 1.0f, S, nk, V, HD, 0.0f, Oc, HD);
 }
 
+/* One key (the toy U-Net's cross-attention on a single class token): the
+ * softmax over one score is exactly 1 whatever q and k are, so every
+ * query's output is that key's value, and the scores pass no gradient back
+ * (dq, dk get 0); dv sums dout over the queries. No GEMMs needed. */
+static void single_key_forward(float *out, const float *v, int B, int Lq, int HD)
+{
+    #pragma omp parallel for schedule(static) if (dl_parallel_ok() && (int64_t)B * Lq * HD >= 65536)
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < Lq; i++) memcpy(out + ((size_t)b * Lq + i) * HD, v + (size_t)b * HD, sizeof(float) * HD);
+}
+
+static void single_key_backward(float *dv, const float *dout, int B, int Lq, int HD)
+{
+    #pragma omp parallel for schedule(static) if (dl_parallel_ok() && (int64_t)B * Lq * HD >= 65536)
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < Lq; i++) {
+            const float *g = dout + ((size_t)b * Lq + i) * HD;
+            float *d = dv + (size_t)b * HD;
+            for (int c = 0; c < HD; c++) d[c] += g[c];
+        }
+}
+
 dl_status attention_forward(dl_tensor *out, const dl_tensor *q, const dl_tensor *k,
                             const dl_tensor *v, int heads, int causal)
 {
     DL_TRY(check_attention(out, q, k, v, heads, causal));
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1], HD = (int)q->shape[2];
+    if (Lk == 1) {
+        single_key_forward(out->data, v->data, B, Lq, HD);
+        return DL_OK;
+    }
     int D = HD / heads;
     int chunk = attention_query_chunk(Lq, Lk);
     int64_t nchunks = (Lq + chunk - 1) / chunk;
@@ -315,6 +341,10 @@ dl_status attention_backward(dl_tensor *dq, dl_tensor *dk, dl_tensor *dv, const 
     DL_TRY(check_attention_backward("attention_backward", dq, dk, dv, dout, q, k, v, heads, causal));
     if (!dq && !dk && !dv) return DL_OK;
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1], HD = (int)q->shape[2];
+    if (Lk == 1) {                              /* dq, dk: += 0 */
+        if (dv) single_key_backward(dv->data, dout->data, B, Lq, HD);
+        return DL_OK;
+    }
     int D = HD / heads;
     int chunk = attention_query_chunk(Lq, Lk);
     int64_t pairs = (int64_t)B * heads;

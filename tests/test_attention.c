@@ -238,3 +238,23 @@ TEST(attention, matches_torch)
     }
     dl_st_close(&f);
 }
+
+/* One key (the toy U-Net's cross-attention on its class token): the fast
+ * version copies the value to every query (softmax over one score is 1);
+ * same as the reference, and exactly v. */
+TEST(attention, single_key)
+{
+    dl_test_rng rng = {9};
+    attn_case c;
+    case_alloc(&c, &rng, 3, 64, 1, 4 * 8, 3.0f);
+    CHECK(attention_forward_ref(&c.want, &c.q, &c.k, &c.v, 4, 0) == DL_OK, "ref");
+    CHECK(attention_forward(&c.out, &c.q, &c.k, &c.v, 4, 0) == DL_OK, "fast: %s", dl_error_message());
+    CHECK_CLOSE("one key: fast vs reference", c.out.data, c.want.data, (size_t)c.out.numel, 1e-6);
+    int exact = 1;
+    for (int b = 0; b < 3; b++)
+        for (int i = 0; i < 64; i++)
+            for (int ch = 0; ch < 32; ch++)
+                exact &= c.out.data[((size_t)b * 64 + i) * 32 + ch] == c.v.data[(size_t)b * 32 + ch];
+    CHECK(exact, "with one key every output row is that key's value");
+    case_free(&c);
+}
