@@ -173,7 +173,7 @@ dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
     const float *b = bias ? bias->data : NULL;
     const int par = dl_parallel_ok();
     if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
-        return conv2d_direct_forward(out->data, x->data, weight->data, b, g.N, g.Cin, g.H, g.W, g.Cout,
+        return conv2d_direct_forward(out->data, x->data, weight->data, b, NULL, NULL, g.N, g.Cin, g.H, g.W, g.Cout,
                                      g.KH, g.KW, stride, padding);
     if (g.KH == 1 && g.KW == 1 && stride == 1 && padding == 0) {
         conv1x1(out->data, x->data, weight->data, b, &g, par);
@@ -583,4 +583,53 @@ dl_status conv2d_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *d
     }
     if (dx) dl_tensor_zero(dx);
     return conv2d_backward(dx, dweight, dbias, dout, x, weight, stride, padding);
+}
+
+/* ------------------------------------------------------------------ */
+/* Fused: out = conv(x) + bias + bias_n[n] + res. */
+
+static dl_status fused_check(const char *op, const dl_tensor *out, const dl_tensor *bias_n, const dl_tensor *res)
+{
+    if (bias_n) DL_TRY(dl_check_shape(bias_n, op, "bias_n", 2, DL_SHAPE(out->shape[0], out->shape[1])));
+    if (res) DL_TRY(dl_check_shape(res, op, "res", 4, out->shape));
+    if (dl_tensors_overlap(out, bias_n) || dl_tensors_overlap(out, res))
+        return dl_fail(DL_ERR_ARG, "%s: out overlaps bias_n or res; give it its own memory", op);
+    return DL_OK;
+}
+
+/* out[n, co] += bias_n[n, co] + res[n, co] (either may be NULL), plane by plane. */
+static void add_extras(dl_tensor *out, const dl_tensor *bias_n, const dl_tensor *res)
+{
+    const int64_t NC = out->shape[0] * out->shape[1], P = out->shape[2] * out->shape[3];
+    #pragma omp parallel for schedule(static) if (dl_parallel_ok() && NC * P >= 65536)
+    for (int64_t nc = 0; nc < NC; nc++) {
+        float *o = out->data + nc * P;
+        const float bn = bias_n ? bias_n->data[nc] : 0.0f;      /* bias_n [N, Cout]: index n*Cout + co = nc */
+        const float *r = res ? res->data + nc * P : NULL;
+        for (int64_t i = 0; i < P; i++) o[i] += bn + (r ? r[i] : 0.0f);
+    }
+}
+
+dl_status conv2d_forward_fused_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                                   const dl_tensor *bias_n, const dl_tensor *res, int stride, int padding)
+{
+    DL_TRY(conv2d_forward_ref(out, x, weight, bias, stride, padding));
+    DL_TRY(fused_check("conv2d_fused_ref", out, bias_n, res));
+    add_extras(out, bias_n, res);
+    return DL_OK;
+}
+
+dl_status conv2d_forward_fused(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                               const dl_tensor *bias_n, const dl_tensor *res, int stride, int padding)
+{
+    conv_geom g = {0};
+    DL_TRY(conv2d_check("conv2d_fused", out, x, weight, bias, stride, padding, &g));
+    DL_TRY(fused_check("conv2d_fused", out, bias_n, res));
+    if (g_direct_enabled && conv2d_direct_applies(g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding))
+        return conv2d_direct_forward(out->data, x->data, weight->data, bias ? bias->data : NULL,
+                                     bias_n ? bias_n->data : NULL, res ? res->data : NULL,
+                                     g.N, g.Cin, g.H, g.W, g.Cout, g.KH, g.KW, stride, padding);
+    DL_TRY(conv2d_forward(out, x, weight, bias, stride, padding));
+    add_extras(out, bias_n, res);
+    return DL_OK;
 }

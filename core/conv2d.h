@@ -35,6 +35,19 @@ dl_status conv2d_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor
 dl_status conv2d_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight,
                          const dl_tensor *bias, int stride, int padding);
 
+/* out = conv(x) + bias + bias_n[n] + res in one pass over out, the two
+ * additions a U-Net ResBlock makes right after its convolutions:
+ *     bias_n [N, Cout]      a bias per image (the time embedding's shift), or NULL
+ *     res    [N, Cout, Ho, Wo]  added to the result (the skip connection), or NULL
+ * The direct kernels start their sums from bias + bias_n + res instead of
+ * reading out again afterwards (two passes over memory saved per add);
+ * other shapes run conv2d_forward, then the adds. res and bias_n must not
+ * overlap out. */
+dl_status conv2d_forward_fused_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                                   const dl_tensor *bias_n, const dl_tensor *res, int stride, int padding);
+dl_status conv2d_forward_fused(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
+                               const dl_tensor *bias_n, const dl_tensor *res, int stride, int padding);
+
 /* Small channel counts (the toy U-Net: 16..128 channels, 3x3, stride 1,
  * padding 1, width a multiple of the SIMD width) take a direct kernel
  * instead of im2col + sgemm, forward and backward: see conv2d_direct.h.

@@ -315,21 +315,33 @@ static int block_size(int b, int Cout, int COB) { return b < Cout / COB ? COB : 
  *  - few images (Stable Diffusion's VAE: one 512x512 image): the whole
  *    batch is laid out first (ws: N images), then (image, channel block)
  *    pairs are shared out.
- * 1x1: x is read as it is. */
-static void conv_images(float *out, const float *x, int C, const float *wp, const float *bias, int Cout_k,
-                        const dconv_plan *c, int threads, float *ws, int accumulate)
+ * 1x1: x is read as it is.
+ * What is added to the products (any may be NULL): bias [Cout_k], bias_n
+ * [N, Cout_k] (one more bias per image), init [N, Cout_k, P] (init = out:
+ * add to out; another tensor: a fused residual add). */
+typedef struct { const float *bias, *bias_n, *init; } dconv_adds;
+
+static void conv_images(float *out, const float *x, int C, const float *wp, const dconv_adds *adds, int Cout_k,
+                        const dconv_plan *c, int threads, float *ws)
 {
     const dconv_view *g = &c->g;
     const int N = c->N, Ck = c->kind == DCONV_S2 ? C * 9 : C;
     const int COB = channel_block(g->vw), nb = block_count(Cout_k, COB);
     const size_t img = (size_t)Ck * g->in_plane, x_img = (size_t)C * c->H * c->W;
-#define PLANES(out_n, in_n, b)                                                                       \
+#define PLANES(n, in_n, b)                                                                           \
     do {                                                                                             \
         const int co0 = block_start(b, Cout_k, COB), cob = block_size(b, Cout_k, COB);              \
-        float *o = (out_n) + (size_t)co0 * g->P;                                                     \
-        const float *w_b = wp + (size_t)co0 * Ck * g->ntaps, *bias_b = bias ? bias + co0 : NULL;     \
-        if (g->vw == 16) PLANE16(o, in_n, w_b, bias_b, Ck, g, cob, accumulate);                      \
-        else plane_forward_v8(o, in_n, w_b, bias_b, Ck, g, cob, accumulate);                         \
+        const size_t at = ((size_t)(n) * Cout_k + co0) * g->P;                                       \
+        const float *w_b = wp + (size_t)co0 * Ck * g->ntaps, *bias_b = NULL;                         \
+        float bsum[8];                                  /* bias + bias_n of this block */            \
+        if (adds->bias_n) {                                                                          \
+            for (int k = 0; k < cob; k++)                                                            \
+                bsum[k] = (adds->bias ? adds->bias[co0 + k] : 0.0f) + adds->bias_n[(size_t)(n) * Cout_k + co0 + k]; \
+            bias_b = bsum;                                                                           \
+        } else if (adds->bias) bias_b = adds->bias + co0;                                            \
+        const float *init_b = adds->init ? adds->init + at : NULL;                                   \
+        if (g->vw == 16) PLANE16(out + at, in_n, w_b, bias_b, Ck, g, cob, init_b);                   \
+        else plane_forward_v8(out + at, in_n, w_b, bias_b, Ck, g, cob, init_b);                      \
     } while (0)
 #ifdef HAVE_V16
 #define PLANE16 plane_forward_v16
@@ -348,8 +360,7 @@ static void conv_images(float *out, const float *x, int C, const float *wp, cons
             for (int n = 0; n < N; n++) {
                 const float *in_n = x + n * x_img;
                 if (c->kind != DCONV_1X1) { layout_image(buf, g->in_plane, in_n, C, c); in_n = buf; }
-                float *out_n = out + (size_t)n * Cout_k * g->P;
-                for (int b = 0; b < nb; b++) PLANES(out_n, in_n, b);
+                for (int b = 0; b < nb; b++) PLANES(n, in_n, b);
             }
         }
     } else {
@@ -360,7 +371,7 @@ static void conv_images(float *out, const float *x, int C, const float *wp, cons
         const float *in = c->kind == DCONV_1X1 ? x : ws;
         #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && N * nb > 1)
         for (int n = 0; n < N; n++)
-            for (int b = 0; b < nb; b++) PLANES(out + (size_t)n * Cout_k * g->P, in + n * img, b);
+            for (int b = 0; b < nb; b++) PLANES(n, in + n * img, b);
     }
 #undef PLANE16
 #undef PLANES
@@ -474,6 +485,7 @@ static dl_status no_memory(const char *op, size_t floats)
 }
 
 dl_status conv2d_direct_forward(float *out, const float *x, const float *w, const float *bias,
+                                const float *bias_n, const float *res,
                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad)
 {
     if (!conv2d_direct_applies(N, Cin, H, W, Cout, KH, KW, stride, pad))
@@ -490,7 +502,8 @@ dl_status conv2d_direct_forward(float *out, const float *x, const float *w, cons
     }
     /* stride 2 is a 1-tap kernel over the Cin * 9 column planes: w [Cout][Cin*9] */
     pack_weights(wp, w, Cout, c.Cin_k, c.g.ntaps, channel_block(c.g.vw), 0);
-    conv_images(out, x, Cin, wp, bias, Cout, &c, threads, ws, 0);
+    const dconv_adds adds = {bias, bias_n, res};
+    conv_images(out, x, Cin, wp, &adds, Cout, &c, threads, ws);
     free(ws); free(wp);
     return DL_OK;
 }
@@ -514,7 +527,8 @@ static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_pla
 #endif
         #pragma omp for schedule(static)
         for (int n = 0; n < c->N; n++) {
-            conv_images(dcol, dout + (size_t)n * c->Cout * c->g.P, c->Cout, wp, NULL, c->Cin_k, &one, 1, NULL, 0);
+            const dconv_adds none = {NULL, NULL, NULL};
+            conv_images(dcol, dout + (size_t)n * c->Cout * c->g.P, c->Cout, wp, &none, c->Cin_k, &one, 1, NULL);
             if (set_dx) memset(dx + (size_t)n * c->Cin * c->H * c->W, 0, sizeof(float) * c->Cin * c->H * c->W);
             for (int ch = 0; ch < c->Cin; ch++)
                 col2im_plane_s2_add(dx + ((size_t)n * c->Cin + ch) * c->H * c->W, dcol + (size_t)ch * 9 * c->g.P,
@@ -548,11 +562,13 @@ dl_status conv2d_direct_backward(float *dx, float *dw, const float *dout, const 
     if (dx && c.kind == DCONV_3X3) {
         /* dx[n, ci] += sum over co, kh, kw of w[co, ci, 2-kh, 2-kw] * doutpad[n, co, h+kh, w+kw] */
         pack_weights(wp, w, Cin, Cout, 9, channel_block(c.g.vw), 1);
-        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, ws, !set_dx);
+        const dconv_adds adds = {NULL, NULL, set_dx ? NULL : dx};
+        conv_images(dx, dout, Cout, wp, &adds, Cin, &c, threads, ws);
     } else if (dx && c.kind == DCONV_1X1) {
         /* dx[n, ci] += sum over co of w[co, ci] * dout[n, co] */
         pack_weights(wp, w, Cin, Cout, 1, channel_block(c.g.vw), 1);
-        conv_images(dx, dout, Cout, wp, NULL, Cin, &c, threads, NULL, !set_dx);
+        const dconv_adds adds = {NULL, NULL, set_dx ? NULL : dx};
+        conv_images(dx, dout, Cout, wp, &adds, Cin, &c, threads, NULL);
     } else if (dx) {
         /* stride 2: dcol[ci*9+t] = sum over co of w[co, ci*9+t] * dout[co], back onto the pixels */
         pack_weights(wp, w, c.Cin_k, Cout, 1, channel_block(c.g.vw), 1);

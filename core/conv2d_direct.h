@@ -30,10 +30,12 @@
  * choice)? x [N, Cin, H, W], weight [Cout, Cin, KH, KW]. */
 int conv2d_direct_applies(int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
-/* out [N, Cout, Ho, Wo] = conv(x, w) + bias (bias may be NULL);
+/* out [N, Cout, Ho, Wo] = conv(x, w) + bias + bias_n[n] + res (each of
+ * bias [Cout], bias_n [N, Cout], res [N, Cout, Ho, Wo] may be NULL);
  * w [Cout, Cin, KH, KW]. Fails (DL_ERR_ARG) where conv2d_direct_applies
  * says no. */
 dl_status conv2d_direct_forward(float *out, const float *x, const float *w, const float *bias,
+                                const float *bias_n, const float *res,
                                 int N, int Cin, int H, int W, int Cout, int KH, int KW, int stride, int pad);
 
 /* dx += conv^T(dout) (dx = ... with set_dx), dw += dout (x) x  (either

@@ -24,18 +24,20 @@ static inline void VNAME(vstore)(float *p, VNAME(vf) v) { *(VNAME(vfu) *)p = v; 
  *     acc[c][v] += in[ci][in_off[v] + tap_off[t] : +VW] * w[co0+c][ci][t]
  *
  * ntaps = 9 for a 3x3 kernel, 1 for a 1x1 one (or an im2col'd input).
- * accumulate: add to out (the dx pass) instead of starting from the bias. */
+ * The accumulators start from bias[c] (if not NULL) plus, if init is not
+ * NULL, the plane init (the same layout as out): init = out adds to out
+ * (the dx pass), init = another tensor fuses a residual add. */
 static inline __attribute__((always_inline))
 void VNAME(tile_forward)(float *out, size_t out_plane, const float *in, size_t in_plane,
                          const float *wblk, int Cin, const int cob, const int nv, const int ntaps,
                          const int *tap_off, const int *in_off, const int *out_off, const float *bias,
-                         int accumulate)
+                         const float *init)
 {
     VNAME(vf) acc[VCOB][NV];
     for (int c = 0; c < cob; c++)
         for (int v = 0; v < nv; v++) {
-            if (accumulate) acc[c][v] = VNAME(vload)(out + c * out_plane + out_off[v]);
-            else            acc[c][v] = (VNAME(vf)){0} + (bias ? bias[c] : 0.0f);
+            acc[c][v] = (VNAME(vf)){0} + (bias ? bias[c] : 0.0f);
+            if (init) acc[c][v] += VNAME(vload)(init + c * out_plane + out_off[v]);
         }
     for (int ci = 0; ci < Cin; ci++) {
         const float *xc = in + ci * in_plane;              /* in[ci]                      */
@@ -57,7 +59,7 @@ void VNAME(tile_forward)(float *out, size_t out_plane, const float *in, size_t i
 /* out[co0 .. co0+cob-1] of one image (cob = VCOB or 1): every tile of NV
  * vectors; the last tile of the plane may have fewer. */
 static void VNAME(plane_forward)(float *out_n, const float *in_n, const float *wblk, const float *bias,
-                                 int Cin, const dconv_view *g, int cob, int accumulate)
+                                 int Cin, const dconv_view *g, int cob, const float *init_n)
 {
     const int nvec = g->P / VW;
     for (int j0 = 0; j0 < nvec; j0 += NV) {
@@ -69,7 +71,7 @@ static void VNAME(plane_forward)(float *out_n, const float *in_n, const float *w
         }
         /* constant cob, nv and ntaps in each call: every variant keeps acc in registers */
 #define TILE(COB_, NV_, T_) VNAME(tile_forward)(out_n, g->P, in_n, g->in_plane, wblk, Cin, COB_, NV_, T_, \
-                                                g->tap_off, in_off, out_off, bias, accumulate)
+                                                g->tap_off, in_off, out_off, bias, init_n)
 #define TILES(COB_, T_)                              \
         switch (nv) {                                \
         case 4: TILE(COB_, 4, T_); break;            \

@@ -227,18 +227,18 @@ dl_status toy_resblock_forward(toy_resblock *b, const dl_tensor *x, const dl_ten
     DL_TRY(dl_tensor_reshape(&tproj2, &tproj, 2, DL_SHAPE(B, b->out_ch)));
 
     DL_TRY(group_norm_silu_forward(&n1, &a1, x, &b->norm1_w->value, &b->norm1_b->value, b->groups, b->eps));
-    DL_TRY(conv2d_forward(&h, &a1, &b->conv1_w->value, &b->conv1_b->value, 1, 1));
     /* the time embedding shifts every channel: one number per (image, channel) */
     DL_TRY(linear_forward(&tproj2, temb_act, &b->temb_w->value, &b->temb_b->value));  /* [B, out] */
-    DL_TRY(add_forward(&h, &h, &tproj));                                               /* + [B, out, 1, 1] */
+    /* h = conv1(a1) + tproj[:, :, None, None], the add fused into the conv */
+    DL_TRY(conv2d_forward_fused(&h, &a1, &b->conv1_w->value, &b->conv1_b->value, &tproj2, NULL, 1, 1));
     DL_TRY(group_norm_silu_forward(&n2, &a2, &h, &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
-    DL_TRY(conv2d_forward(&out, &a2, &b->conv2_w->value, &b->conv2_b->value, 1, 1));
-    if (!b->short_w) return add_forward(&out, &out, x);           /* out += x */
+    /* out = conv2(a2) + shortcut(x), the residual add fused into the conv */
+    if (!b->short_w) return conv2d_forward_fused(&out, &a2, &b->conv2_w->value, &b->conv2_b->value, NULL, x, 1, 1);
     size_t mark = dl_arena_mark(scratch);
     dl_tensor sc;
     dl_status s = toy_scratch_tensor(scratch, &sc, 4, out.shape, 0);   /* conv overwrites it */
     if (s == DL_OK) s = conv2d_forward(&sc, x, &b->short_w->value, &b->short_b->value, 1, 0);
-    if (s == DL_OK) s = add_forward(&out, &out, &sc);            /* out += conv_shortcut(x) */
+    if (s == DL_OK) s = conv2d_forward_fused(&out, &a2, &b->conv2_w->value, &b->conv2_b->value, NULL, &sc, 1, 1);
     dl_arena_reset(scratch, mark);
     return s;
 }

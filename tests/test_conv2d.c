@@ -7,6 +7,7 @@
 #include "../core/conv2d_direct.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -274,4 +275,53 @@ TEST(conv2d, direct_paths)
     CHECK(!conv2d_direct_applies(2, 8, 16, 16, 8, 5, 5, 1, 2), "5x5 is not direct");
     CHECK(!conv2d_direct_applies(2, 8, 5, 5, 8, 3, 3, 1, 1), "a 5x5 plane (25 pixels) is no whole number of vectors");
     CHECK(!conv2d_direct_applies(2, 320, 64, 64, 320, 3, 3, 1, 1), "SD-sized channels stay on sgemm");
+}
+
+/* out = conv(x) + bias + bias_n[n] + res: fused (direct kernels start from
+ * the sums) against the reference (conv, then the adds), on direct and
+ * im2col shapes, with each extra alone and both; res overlapping out is
+ * refused. */
+static void fused_case(dl_test_rng *r, int n, int cin, int h, int w, int cout, int k, int stride, int pad,
+                       int use_bias_n, int use_res)
+{
+    const int ho = conv2d_out_size(h, k, stride, pad), wo = conv2d_out_size(w, k, stride, pad);
+    dl_tensor x, wt, b, bn, res, y, y_ref;
+    dl_test_rand_tensor(&x, r, 4, DL_SHAPE(n, cin, h, w));
+    dl_test_rand_tensor(&wt, r, 4, DL_SHAPE(cout, cin, k, k));
+    dl_test_rand_tensor(&b, r, 1, DL_SHAPE(cout));
+    dl_test_rand_tensor(&bn, r, 2, DL_SHAPE(n, cout));
+    dl_test_rand_tensor(&res, r, 4, DL_SHAPE(n, cout, ho, wo));
+    dl_tensor_alloc(&y, 4, res.shape);
+    dl_tensor_alloc(&y_ref, 4, res.shape);
+    dl_tensor_fill(&y, 1e9f);
+    const dl_tensor *bnp = use_bias_n ? &bn : NULL, *resp = use_res ? &res : NULL;
+    CHECK(conv2d_forward_fused_ref(&y_ref, &x, &wt, &b, bnp, resp, stride, pad) == DL_OK, "%s", dl_error_message());
+    CHECK(conv2d_forward_fused(&y, &x, &wt, &b, bnp, resp, stride, pad) == DL_OK, "%s", dl_error_message());
+    char what[128];
+    snprintf(what, sizeof what, "fused conv [%d,%d,%d,%d] -> %d k%d s%d bias_n %d res %d", n, cin, h, w, cout, k,
+             stride, use_bias_n, use_res);
+    CHECK_CLOSE_REL(what, &y, &y_ref, 1e-4);
+    dl_tensor *all[] = {&x, &wt, &b, &bn, &res, &y, &y_ref};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+TEST(conv2d, fused_bias_and_residual)
+{
+    dl_test_rng r = {0xf05edu};
+    for (int direct = 1; direct >= 0; direct--) {
+        conv2d_use_direct(direct);
+        for (int m = 1; m < 4; m++) {
+            fused_case(&r, 5, 6, 16, 16, 7, 3, 1, 1, m & 1, m >> 1);
+            fused_case(&r, 5, 6, 8, 8, 9, 3, 1, 1, m & 1, m >> 1);
+            fused_case(&r, 3, 6, 8, 8, 5, 1, 1, 0, m & 1, m >> 1);
+            fused_case(&r, 2, 3, 7, 9, 4, 5, 1, 2, m & 1, m >> 1);   /* no direct kernel */
+        }
+    }
+    conv2d_use_direct(1);
+    dl_tensor x, wt, y;
+    dl_tensor_alloc(&x, 4, DL_SHAPE(1, 2, 8, 8));
+    dl_tensor_alloc(&wt, 4, DL_SHAPE(2, 2, 3, 3));
+    dl_tensor_alloc(&y, 4, DL_SHAPE(1, 2, 8, 8));
+    EXPECT_FAIL(conv2d_forward_fused(&y, &x, &wt, NULL, NULL, &y, 1, 1), DL_ERR_ARG, "conv2d_fused", "res == out");
+    dl_tensor_free(&x); dl_tensor_free(&wt); dl_tensor_free(&y);
 }
