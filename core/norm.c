@@ -111,20 +111,46 @@ dl_status layer_norm_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_te
 /* ------------------------------------------------------------------ */
 /* Fast: ONE reading pass for the statistics. Summing x and x^2 directly
  * would cancel catastrophically when |mean| >> std, so we sum d = x - x0
- * around a sample x0 of the data (the "shifted data" method), in double:
- *     mean = x0 + sum(d) / n,   var = sum(d^2) / n - (sum(d) / n)^2     */
+ * around a sample x0 of the data (the "shifted data" method):
+ *     mean = x0 + sum(d) / n,   var = sum(d^2) / n - (sum(d) / n)^2
+ * Speed: a single running sum is a chain of dependent additions (one per
+ * vector, each waiting for the last); MOMENT_WAYS independent float sums
+ * of MOMENT_LANES lanes keep the adder busy. Blocks of MOMENT_BLOCK values
+ * are summed in float (at most MOMENT_BLOCK / (ways x lanes) = 64 terms
+ * per partial sum), the blocks in double. */
+#define MOMENT_LANES 16
+#define MOMENT_WAYS 4
+#define MOMENT_BLOCK 4096
 void norm_shifted_moments(const float *x, int64_t n, double *mean, double *var)
 {
-    double x0 = x[0], s = 0.0, ss = 0.0;
-    #pragma omp simd reduction(+:s, ss)
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)x[i] - x0;
-        s += d;
-        ss += d * d;
+    const float x0 = x[0];
+    double s = 0.0, ss = 0.0;
+    for (int64_t b0 = 0; b0 < n; b0 += MOMENT_BLOCK) {
+        const int64_t len = n - b0 < MOMENT_BLOCK ? n - b0 : MOMENT_BLOCK;
+        const float *xb = x + b0;
+        float ps[MOMENT_WAYS][MOMENT_LANES] = {{0}}, pss[MOMENT_WAYS][MOMENT_LANES] = {{0}};
+        int64_t i = 0;
+        for (; i + MOMENT_WAYS * MOMENT_LANES <= len; i += MOMENT_WAYS * MOMENT_LANES)
+            for (int w = 0; w < MOMENT_WAYS; w++)
+                for (int l = 0; l < MOMENT_LANES; l++) {
+                    const float d = xb[i + w * MOMENT_LANES + l] - x0;
+                    ps[w][l] += d;
+                    pss[w][l] += d * d;
+                }
+        float fs = 0.0f, fss = 0.0f;
+        for (; i < len; i++) {
+            const float d = xb[i] - x0;
+            fs += d;
+            fss += d * d;
+        }
+        for (int w = 0; w < MOMENT_WAYS; w++)
+            for (int l = 0; l < MOMENT_LANES; l++) { fs += ps[w][l]; fss += pss[w][l]; }
+        s += fs;
+        ss += fss;
     }
     double m = s / (double)n;
     double v = ss / (double)n - m * m;
-    *mean = x0 + m;
+    *mean = (double)x0 + m;
     *var = v > 0.0 ? v : 0.0;
 }
 
