@@ -5,6 +5,11 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include "linear_direct.h"
+
+static int g_direct_enabled = 1;
+void linear_use_direct(int on) { g_direct_enabled = on != 0; }
+
 /* Shared by both linear versions, so they accept and reject exactly the
  * same arguments. Gives rows (product of the leading dims of x), in and out
  * features. */
@@ -53,6 +58,10 @@ dl_status linear_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *we
 {
     int rows = 0, in = 0, outf = 0;
     DL_TRY(linear_check("linear", out, x, weight, bias, &rows, &in, &outf));
+    if (g_direct_enabled && linear_direct_applies(rows, in, outf)) {
+        linear_direct_forward(out->data, x->data, weight->data, bias ? bias->data : NULL, rows, in, outf);
+        return DL_OK;
+    }
     // Start out at the bias and let sgemm add on top (beta = 1): that saves a
     // second pass over out after the product.
     float beta = 0.0f;
@@ -178,12 +187,14 @@ static dl_status linear_backward_beta(const char *op, dl_tensor *dx, dl_tensor *
 {
     int rows = 0, in = 0, outf = 0;
     DL_TRY(linear_backward_check(op, dx, dweight, dbias, dout, x, weight, &rows, &in, &outf));
+    const int direct = g_direct_enabled && linear_direct_applies(rows, in, outf);
     // dx[rows, in] = dx_beta * dx + dout[rows, outf] x weight[outf, in]
-    if (dx)
+    if (dx && direct) linear_direct_dx(dx->data, dout->data, weight->data, rows, in, outf, dx_beta == 0.0f);
+    else if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in, outf,
                     1.0f, dout->data, outf, weight->data, in, dx_beta, dx->data, in);
     // dweight[outf, in] += dout[rows, outf]^T x x[rows, in]
-    if (dweight)
+    if (dweight && !(direct && linear_direct_dw(dweight->data, dout->data, x->data, rows, in, outf)))
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, outf, in, rows,
                     1.0f, dout->data, outf, x->data, in, 1.0f, dweight->data, in);
     if (dbias) {

@@ -25,6 +25,12 @@
 dl_status linear_forward_ref(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias);
 dl_status linear_forward(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias);
 
+/* Narrow layers (in, out features <= 256/512, multiples of 16: the toy
+ * U-Net's) run register-blocked kernels instead of sgemm
+ * (core/linear_direct.h); linear_use_direct(0) switches back to sgemm
+ * everywhere (tests and bench/bench_toy_step compare both). */
+void linear_use_direct(int on);
+
 dl_status matmul_forward_ref(dl_tensor *c, const dl_tensor *a, const dl_tensor *b);
 dl_status matmul_forward(dl_tensor *c, const dl_tensor *a, const dl_tensor *b);
 

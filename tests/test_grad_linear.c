@@ -11,6 +11,7 @@
 #include "testing.h"
 #include "gradcheck.h"
 #include "../core/linear.h"
+#include "../core/linear_direct.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -102,4 +103,21 @@ TEST(linear_backward, errors)
     }
     dl_tensor *all[] = {&x, &w, &dout, &dout_bad, &dx, &dx_bad, &dw, &dw_bad, &db, &db_bad};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+/* The direct kernels' backward (dx added and set, dweight per-thread
+ * partials over chunks of rows) against the reference on the toy U-Net's
+ * shapes and uneven ones; the set_dx variant on a garbage-filled dx; 1 and
+ * 3 threads. */
+TEST(linear_backward, direct_paths)
+{
+    static const int cases[][3] = {{4096, 64, 64}, {100, 64, 512}, {37, 256, 64}, {23, 48, 80}, {600, 32, 256}};
+    dl_test_rng r = {0xd1b4e7u};
+    const int saved = dl_get_threads();
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        CHECK(linear_direct_applies(cases[i][0], cases[i][1], cases[i][2]), "case %d should take the direct kernel", i);
+        dl_set_threads(i % 2 ? 3 : saved);
+        linear_case(&r, 2, DL_SHAPE(cases[i][0]), cases[i][1], cases[i][2], GC_BIG);
+    }
+    dl_set_threads(saved);
 }

@@ -68,27 +68,35 @@ TEST(set_dx, conv2d)
     conv2d_use_direct(1);
 }
 
-TEST(set_dx, linear)
+static void linear_set_case(dl_test_rng *r, int rows, int in, int outf)
 {
-    dl_test_rng r = {0x11ea5u};
     dl_tensor x, wt, dout, dx_set, dx_add, pg_set[2], pg_add[2];
-    dl_test_rand_tensor(&x, &r, 3, DL_SHAPE(3, 5, 7));
-    dl_test_rand_tensor(&wt, &r, 2, DL_SHAPE(4, 7));
-    dl_test_rand_tensor(&dout, &r, 3, DL_SHAPE(3, 5, 4));
-    dl_tensor_alloc(&dx_set, 3, x.shape);
-    dl_tensor_alloc(&dx_add, 3, x.shape);
-    dl_test_rand_tensor(&pg_set[0], &r, 2, wt.shape);
-    dl_test_rand_tensor(&pg_set[1], &r, 1, DL_SHAPE(4));
+    dl_test_rand_tensor(&x, r, 2, DL_SHAPE(rows, in));
+    dl_test_rand_tensor(&wt, r, 2, DL_SHAPE(outf, in));
+    dl_test_rand_tensor(&dout, r, 2, DL_SHAPE(rows, outf));
+    dl_tensor_alloc(&dx_set, 2, x.shape);
+    dl_tensor_alloc(&dx_add, 2, x.shape);
+    dl_test_rand_tensor(&pg_set[0], r, 2, wt.shape);
+    dl_test_rand_tensor(&pg_set[1], r, 1, DL_SHAPE(outf));
     dl_tensor_alloc(&pg_add[0], 2, wt.shape);
-    dl_tensor_alloc(&pg_add[1], 1, DL_SHAPE(4));
+    dl_tensor_alloc(&pg_add[1], 1, DL_SHAPE(outf));
     dl_tensor_copy(&pg_add[0], &pg_set[0]);
     dl_tensor_copy(&pg_add[1], &pg_set[1]);
     dl_tensor_fill(&dx_set, 1e9f);
     CHECK(linear_backward_set_dx(&dx_set, &pg_set[0], &pg_set[1], &dout, &x, &wt) == DL_OK, "%s", dl_error_message());
     CHECK(linear_backward(&dx_add, &pg_add[0], &pg_add[1], &dout, &x, &wt) == DL_OK, "%s", dl_error_message());
-    compare("linear [3,5,7] -> 4", &dx_set, &dx_add, pg_set, pg_add, 2);
+    char what[96];
+    snprintf(what, sizeof what, "linear [%d,%d] -> %d", rows, in, outf);
+    compare(what, &dx_set, &dx_add, pg_set, pg_add, 2);
     dl_tensor *all[] = {&x, &wt, &dout, &dx_set, &dx_add, &pg_set[0], &pg_set[1], &pg_add[0], &pg_add[1]};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+TEST(set_dx, linear)
+{
+    dl_test_rng r = {0x11ea5u};
+    linear_set_case(&r, 15, 7, 4);      /* sgemm */
+    linear_set_case(&r, 100, 64, 48);   /* the direct kernel */
 }
 
 TEST(set_dx, group_norm_silu)

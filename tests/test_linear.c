@@ -2,6 +2,7 @@
  * computed cases, shape errors. */
 #include "testing.h"
 #include "../core/linear.h"
+#include "../core/linear_direct.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -132,4 +133,46 @@ TEST(linear, shape_errors)
     EXPECT_FAIL(matmul_forward(&c, &x, &bm), DL_ERR_SHAPE, "matmul", "3-d a");
     dl_tensor *all[] = {&x, &w, &w_bad, &b, &b_bad, &y, &y_bad, &y_lead, &sq_x, &sq_w, &a, &bm, &bm_bad, &c, &c_bad};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dl_tensor_free(all[i]);
+}
+
+/* The direct kernels for narrow layers (core/linear_direct.h): row counts
+ * that leave a partial tile of 6 rows, column counts of 1 to 4+ vectors
+ * (16 .. 80, 512), with and without bias, 1 and 3 threads; each case must
+ * take the direct path, and the sgemm path (linear_use_direct(0)) must
+ * agree as well. */
+TEST(linear, direct_paths)
+{
+    static const int cases[][3] = {   /* rows, in, out */
+        {16, 16, 16}, {4096, 64, 64}, {100, 64, 512}, {37, 256, 64}, {23, 48, 80}, {64, 16, 64}, {130, 32, 256},
+    };
+    dl_test_rng r = {0xd17ec7u};
+    const int saved = dl_get_threads();
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        const int rows = cases[i][0], in = cases[i][1], outf = cases[i][2];
+        CHECK(linear_direct_applies(rows, in, outf), "case %d (%d x %d -> %d) should take the direct kernel", i, rows,
+              in, outf);
+        dl_tensor x, w, b, y_ref, y;
+        dl_test_rand_tensor(&x, &r, 2, DL_SHAPE(rows, in));
+        dl_test_rand_tensor(&w, &r, 2, DL_SHAPE(outf, in));
+        dl_test_rand_tensor(&b, &r, 1, DL_SHAPE(outf));
+        dl_tensor_alloc(&y_ref, 2, DL_SHAPE(rows, outf));
+        dl_tensor_alloc(&y, 2, DL_SHAPE(rows, outf));
+        const dl_tensor *bp = i % 2 ? &b : NULL;
+        CHECK(linear_forward_ref(&y_ref, &x, &w, bp) == DL_OK, "ref: %s", dl_error_message());
+        for (int direct = 1; direct >= 0; direct--) {
+            linear_use_direct(direct);
+            dl_set_threads(i % 3 == 2 ? 3 : saved);
+            dl_tensor_fill(&y, 1e9f);
+            CHECK(linear_forward(&y, &x, &w, bp) == DL_OK, "fast: %s", dl_error_message());
+            if (!CHECK_CLOSE_REL("linear direct / sgemm vs ref", &y, &y_ref, 1e-4))
+                CHECK(0, "  case: rows %d, in %d, out %d, direct %d", rows, in, outf, direct);
+        }
+        linear_use_direct(1);
+        dl_set_threads(saved);
+        dl_tensor_free(&x); dl_tensor_free(&w); dl_tensor_free(&b);
+        dl_tensor_free(&y_ref); dl_tensor_free(&y);
+    }
+    CHECK(!linear_direct_applies(4096, 320, 320), "SD-sized layers stay on sgemm");
+    CHECK(!linear_direct_applies(4096, 64, 24), "24 columns are not whole vectors");
+    CHECK(!linear_direct_applies(8, 64, 64), "too few rows");
 }
