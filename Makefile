@@ -99,7 +99,8 @@ bench: all
 	@for b in $(filter-out $(BIN)/bench_toy% $(BIN)/bench_sd,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
 
 bench-toy: all
-	@for b in $(filter $(BIN)/bench_toy%,$(BENCHES)); do echo "== $$b"; $$b || exit 1; done
+	@echo "== $(BIN)/bench_toy_step --rounds 3 --paths"; $(BIN)/bench_toy_step --rounds 3 --paths
+	@echo "== $(BIN)/bench_toy_quality"; $(BIN)/bench_toy_quality
 
 bench-sd: all
 	@$(BIN)/bench_sd
