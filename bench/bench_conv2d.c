@@ -207,7 +207,47 @@ int main(int argc, char **argv)
             conv_row(direct ? "direct" : "im2col", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1, 0, 1);
             conv_backward_row(direct ? "direct_bwd" : "im2col_bwd", nb, toy[i][0], toy[i][1], toy[i][1], toy[i][0], 3, 1, 1);
         }
+    // 1x1 skip projections and stride-2 Downsample2D convs of the toy U-Net
+    static const int toy2[][5] = {{48, 32, 16, 1, 1}, {128, 8, 64, 1, 1}, {16, 32, 16, 3, 2}, {32, 16, 32, 3, 2}};
+    for (int i = 0; i < (int)(sizeof toy2 / sizeof toy2[0]); i++) {
+        const int *t = toy2[i], pad = t[3] == 3 ? 1 : 0;
+        for (int direct = 1; direct >= 0; direct--) {
+            conv2d_use_direct(direct);
+            conv_row(direct ? "direct" : "im2col", nb, t[0], t[1], t[1], t[2], t[3], t[4], pad, 0, 1);
+            conv_backward_row(direct ? "direct_bwd" : "im2col_bwd", nb, t[0], t[1], t[1], t[2], t[3], t[4], pad);
+        }
+    }
     conv2d_use_direct(1);
-    conv_backward_row("conv2d_bwd", nb, 32, 32, 32, 32, 3, 2, 1);          // Downsample2D
+
+    // the toy U-Net's transformer linears (64 images x 64 tokens): the direct
+    // kernel (linear_direct.h) and sgemm (linear_use_direct(0)), against
+    // raw cblas_sgemm on the same [M,K] x [K,N]
+    printf("\ntoy U-Net linears, 4096 tokens: direct = linear_direct.h, sgemm = linear_use_direct(0)\n");
+    static const int lin[][2] = {{64, 64}, {64, 512}, {256, 64}};   // in, out
+    for (int i = 0; i < 3; i++) {
+        const int in = lin[i][0], out = lin[i][1], rows = bench_quick() ? 512 : 4096;
+        linear_ctx l;
+        if (dl_tensor_alloc(&l.x, 2, DL_SHAPE(rows, in)) != DL_OK || dl_tensor_alloc(&l.w, 2, DL_SHAPE(out, in)) != DL_OK ||
+            dl_tensor_alloc(&l.b, 1, DL_SHAPE(out)) != DL_OK || dl_tensor_alloc(&l.y, 2, DL_SHAPE(rows, out)) != DL_OK)
+            dl_die("bench_conv2d: not enough memory for the linear tensors");
+        fill(&l.x, 1.0f);
+        fill(&l.w, 0.05f);
+        const double gf = 2.0 * rows * (double)in * out * 1e-9;
+        for (int direct = 1; direct >= 0; direct--) {
+            linear_use_direct(direct);
+            double tl = 1e30, pk = 0;
+            for (int round = 0; round < (bench_quick() ? 1 : ROUNDS); round++) {
+                double tr = bench_time(run_linear, &l, 0.3), pr = bench_sgemm_gflops(rows, out, in);
+                if (tr < tl) tl = tr;
+                if (pr > pk) pk = pr;
+            }
+            char shape[64];
+            snprintf(shape, sizeof shape, "[%d,%d] -> %d", rows, in, out);
+            printf("%-11s %-24s %8.4f %9.2f %9.1f   %5d %5d %5d %9.1f %6.0f%%\n", direct ? "lin_direct" : "lin_sgemm",
+                   shape, gf, tl * 1e3, gf / tl, rows, out, in, pk, 100.0 * gf / tl / pk);
+        }
+        linear_use_direct(1);
+        dl_tensor_free(&l.x); dl_tensor_free(&l.w); dl_tensor_free(&l.b); dl_tensor_free(&l.y);
+    }
     return 0;
 }
