@@ -15,6 +15,7 @@
 #include "attention.h"
 #include "conv2d.h"
 #include "elementwise.h"
+#include "geglu.h"
 #include "linear.h"
 #include "norm.h"
 #include "resample.h"
@@ -286,8 +287,8 @@ dl_status toy_transformer_plan(toy_transformer *b, toy_planner *a, int B)
     for (size_t i = 0; i < sizeof tok / sizeof tok[0]; i++) DL_TRY(plan3(a, tok[i], B, L, C));
     DL_TRY(plan3(a, &b->k2, B, b->ctx_len, C));
     DL_TRY(plan3(a, &b->v2, B, b->ctx_len, C));
-    dl_tensor *ff[] = {&b->ffh, &b->ffg, &b->gg, &b->m};
-    for (size_t i = 0; i < 4; i++) DL_TRY(plan3(a, ff[i], B, L, 4 * C));
+    dl_tensor *ff[] = {&b->ffh, &b->ffg, &b->m};
+    for (size_t i = 0; i < 3; i++) DL_TRY(plan3(a, ff[i], B, L, 4 * C));
     DL_TRY(plan4(a, &b->out, B, C, b->H, b->W));
     return DL_OK;
 }
@@ -296,9 +297,9 @@ size_t toy_transformer_scratch_floats(const toy_transformer *b, int B)
 {
     int64_t tok = (int64_t)B * b->L * b->C, ctx = (int64_t)B * b->ctx_len * b->C;
     /* backward, at its widest (the feed-forward branch): d_po, d_res, then
-     * dm, d_ffh, d_gg, d_ffg (4C wide), d_n3; the attention branches need
+     * dm, d_ffh, d_ffg (4C wide), d_n3; the attention branches need
      * fewer (da, dq, dk, dv, dn + the context ones). */
-    size_t ff = 2 * toy_arena_floats(tok) + 4 * toy_arena_floats(4 * tok) + toy_arena_floats(tok);
+    size_t ff = 2 * toy_arena_floats(tok) + 3 * toy_arena_floats(4 * tok) + toy_arena_floats(tok);
     size_t attn = 2 * toy_arena_floats(tok) + 5 * toy_arena_floats(tok) + 2 * toy_arena_floats(ctx);
     return ff > attn ? ff : attn;
 }
@@ -317,7 +318,7 @@ dl_status toy_transformer_forward(toy_transformer *b, const dl_tensor *x, const 
     b->ctx = *ctx; b->ctx.owns_data = 0;
 #define V(t) dl_tensor t = toy_batch_view(&b->t, B)
     V(gn); V(tok); V(t0); V(n1); V(q1); V(k1); V(v1); V(a1); V(t1); V(n2); V(q2); V(k2); V(v2); V(a2);
-    V(t2); V(n3); V(ffh); V(ffg); V(gg); V(m); V(t3); V(po); V(out);
+    V(t2); V(n3); V(ffh); V(ffg); V(m); V(t3); V(po); V(out);
 #undef V
     dl_tensor pin = as_matrix(&b->proj_in_w->value), pout = as_matrix(&b->proj_out_w->value);
     /* GEGLU: the first 4C rows of ff.net.0.proj make h, the last 4C the gate */
@@ -348,8 +349,7 @@ dl_status toy_transformer_forward(toy_transformer *b, const dl_tensor *x, const 
     DL_TRY(layer_norm_forward(&n3, &t2, &b->ln3_w->value, &b->ln3_b->value, LN_EPS));
     DL_TRY(linear_forward(&ffh, &n3, &wh, &bh));
     DL_TRY(linear_forward(&ffg, &n3, &wg, &bg));
-    DL_TRY(gelu_erf_forward(&gg, &ffg));
-    DL_TRY(mul_forward(&m, &ffh, &gg));
+    DL_TRY(geglu_forward(&m, &ffh, &ffg));                    /* m = ffh * gelu(ffg), one pass */
     DL_TRY(linear_forward(&t3, &m, &b->ff2_w->value, &b->ff2_b->value));
     DL_TRY(add_forward(&t3, &t3, &t2));
     /* out: proj_out, back to [B, C, H, W], plus the block's input */
@@ -469,7 +469,7 @@ static dl_status transformer_backward_body(toy_transformer *b, dl_tensor *dx, dl
     const int B = (int)dout->shape[0], C = b->C, L = b->L;
 #define V(t) dl_tensor t = toy_batch_view(&b->t, B)
     V(tok); V(t0); V(n1); V(q1); V(k1); V(v1); V(a1); V(t1); V(n2); V(q2); V(k2); V(v2); V(a2);
-    V(t2); V(n3); V(ffh); V(ffg); V(gg); V(m); V(t3); V(gn);
+    V(t2); V(n3); V(ffh); V(ffg); V(m); V(t3); V(gn);
 #undef V
     dl_tensor pin = as_matrix(&b->proj_in_w->value), pout = as_matrix(&b->proj_out_w->value);
     dl_tensor dpin = as_matrix(&b->proj_in_w->grad), dpout = as_matrix(&b->proj_out_w->grad);
@@ -489,10 +489,8 @@ static dl_status transformer_backward_body(toy_transformer *b, dl_tensor *dx, dl
     GRAD_SET(dm, m);
     DL_TRY(linear_backward_set_dx(&dm, &b->ff2_w->grad, &b->ff2_b->grad, &d_res, &m, &b->ff2_w->value));
     GRAD(d_ffh, ffh);
-    GRAD(d_gg, gg);
-    DL_TRY(mul_backward(&d_ffh, &d_gg, &dm, &ffh, &gg));
     GRAD(d_ffg, ffg);
-    DL_TRY(gelu_erf_backward(&d_ffg, &d_gg, &ffg));
+    DL_TRY(geglu_backward(&d_ffh, &d_ffg, &dm, &ffh, &ffg));
     GRAD_SET(d_n3, n3);
     DL_TRY(linear_backward_set_dx(&d_n3, &dwh, &dbh, &d_ffh, &n3, &wh));
     DL_TRY(linear_backward(&d_n3, &dwg, &dbg, &d_ffg, &n3, &wg));

@@ -123,7 +123,7 @@ typedef struct {
     dl_tensor t1, n2, q2, a2;           /* t0 + attn1, norm2, q, attention out          */
     dl_tensor k2, v2;                   /* from ctx                    [B, Lc, C]      */
     dl_tensor t2, n3;                   /* t1 + attn2, norm3                            */
-    dl_tensor ffh, ffg, gg, m;          /* GEGLU halves, gelu(ffg), ffh * gg [B, L, 4C] */
+    dl_tensor ffh, ffg, m;              /* GEGLU halves, ffh * gelu(ffg)   [B, L, 4C] */
     dl_tensor t3, po;                   /* t2 + ff, proj_out(t3)       [B, L, C]       */
     dl_tensor out;                      /* po as NCHW + x              [B, C, H, W]    */
 } toy_transformer;
