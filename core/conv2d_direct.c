@@ -174,7 +174,13 @@ int conv2d_direct_applies(int N, int Cin, int H, int W, int Cout, int KH, int KW
     if (Cin > 128 || Cout > 128) return 0;
     if (is_3x3_s1(KH, KW, stride, pad)) return view_3x3(H, W).vw != 0;
     if (is_1x1(KH, KW, stride, pad)) return view_flat(H, W).vw != 0;
-    if (is_3x3_s2(KH, KW, stride, pad)) return view_flat((H - 1) / 2 + 1, (W - 1) / 2 + 1).vw != 0;
+    if (is_3x3_s2(KH, KW, stride, pad)) {
+        /* the columns of one image (Cin * 9 planes of the output size) are
+         * the workspace: keep them under 16 MiB (a VAE encoder's 512x512
+         * downsample takes im2col tiles instead) */
+        const int Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1;
+        return view_flat(Ho, Wo).vw != 0 && (size_t)Cin * 9 * Ho * Wo <= ((size_t)1 << 22);
+    }
     return 0;
 }
 
