@@ -72,27 +72,31 @@ dl_status layer_norm_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbia
  *
  *     n = group_norm(x, weight, bias),  a = silu(n) = n * sigmoid(n)
  *
- * The forward writes both n and a (the backward needs n). The backward
- * takes da = dL/da and adds to dx (and dweight, dbias) what
+ * The forward writes a, and n unless n_out is NULL. The backward takes
+ * da = dL/da and adds to dx (and dweight, dbias) what
  * group_norm_backward(dn) would with dn = da * silu'(n),
- * silu'(n) = s (1 + n (1 - s)), s = sigmoid(n). Same accumulate / NULL
- * rules as group_norm_backward. The _ref versions are literally the two
- * reference kernels one after the other. */
+ * silu'(n) = s (1 + n (1 - s)), s = sigmoid(n). It needs n: give the
+ * forward's n_out, or NULL to recompute it from x, weight and bias (the
+ * same float operations as the forward, so the same n). Recomputing costs
+ * a few multiply-adds per value and saves writing n to memory in the
+ * forward and reading it back here (the toy U-Net does this). Same
+ * accumulate / NULL rules as group_norm_backward. The _ref versions are
+ * literally the two reference kernels one after the other. */
 dl_status group_norm_silu_forward_ref(dl_tensor *n_out, dl_tensor *a_out, const dl_tensor *x, const dl_tensor *weight,
                                       const dl_tensor *bias, int groups, float eps);
 dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_tensor *x, const dl_tensor *weight,
                                   const dl_tensor *bias, int groups, float eps);
 dl_status group_norm_silu_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                        const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                       int groups, float eps);
+                                       const dl_tensor *bias, int groups, float eps);
 dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                    const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                   int groups, float eps);
+                                   const dl_tensor *bias, int groups, float eps);
 /* The same with dx SET (dx = ...) instead of added to (dweight, dbias are
  * still added to): for a dx buffer this call writes first, no zeroing. */
 dl_status group_norm_silu_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                           const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                          int groups, float eps);
+                                          const dl_tensor *bias, int groups, float eps);
 
 /* The argument checks of group_norm (x [N, C, ...] with 2 to 4 dims, C
  * divisible by groups, eps >= 0, weight / bias [C] or NULL), for kernels
@@ -100,8 +104,9 @@ dl_status group_norm_silu_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_
 dl_status group_norm_check_args(const char *op, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
                                 int groups, float eps);
 
-/* Mean and (biased) variance of n floats in one pass, in double, summing
- * x - x[0] so that a large mean does not cancel the variance away. */
+/* Mean and (biased) variance of n floats in one pass: sums of x - x[0]
+ * (so that a large mean does not cancel the variance away), in float
+ * within blocks of 4096 and in double across blocks. */
 void norm_shifted_moments(const float *x, int64_t n, double *mean, double *var);
 
 #endif

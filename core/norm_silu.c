@@ -21,19 +21,36 @@
 dl_status group_norm_silu_forward_ref(dl_tensor *n_out, dl_tensor *a_out, const dl_tensor *x, const dl_tensor *weight,
                                       const dl_tensor *bias, int groups, float eps)
 {
-    DL_TRY(group_norm_forward_ref(n_out, x, weight, bias, groups, eps));
-    return silu_forward_ref(a_out, n_out);
+    if (n_out) {
+        DL_TRY(group_norm_forward_ref(n_out, x, weight, bias, groups, eps));
+        return silu_forward_ref(a_out, n_out);
+    }
+    if (!x || !x->data) return dl_fail(DL_ERR_ARG, "group_norm_silu_ref: x is missing (NULL tensor)");
+    dl_tensor n;                                               /* n not wanted: a temporary */
+    DL_TRY(dl_tensor_alloc(&n, x->ndim, x->shape));
+    dl_status s = group_norm_forward_ref(&n, x, weight, bias, groups, eps);
+    if (s == DL_OK) s = silu_forward_ref(a_out, &n);
+    dl_tensor_free(&n);
+    return s;
 }
 
 dl_status group_norm_silu_backward_ref(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                        const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                       int groups, float eps)
+                                       const dl_tensor *bias, int groups, float eps)
 {
-    dl_tensor dn;
-    DL_TRY(dl_tensor_alloc(&dn, n->ndim, n->shape));          /* zeros: silu_backward adds */
-    dl_status s = silu_backward_ref(&dn, da, n);
+    if (!x || !x->data) return dl_fail(DL_ERR_ARG, "group_norm_silu_backward_ref: x is missing (NULL tensor)");
+    dl_tensor dn, n_again = {0};
+    if (!n) {                                                  /* recompute n from x */
+        DL_TRY(dl_tensor_alloc(&n_again, x->ndim, x->shape));
+        dl_status s = group_norm_forward_ref(&n_again, x, weight, bias, groups, eps);
+        if (s != DL_OK) { dl_tensor_free(&n_again); return s; }
+        n = &n_again;
+    }
+    dl_status s = dl_tensor_alloc(&dn, n->ndim, n->shape);     /* zeros: silu_backward adds */
+    if (s == DL_OK) s = silu_backward_ref(&dn, da, n);
     if (s == DL_OK) s = group_norm_backward_ref(dx, dweight, dbias, &dn, x, weight, groups, eps);
     dl_tensor_free(&dn);
+    dl_tensor_free(&n_again);
     return s;
 }
 
@@ -52,7 +69,7 @@ dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_t
                                   const dl_tensor *bias, int groups, float eps)
 {
     const char *op = "group_norm_silu";
-    DL_TRY(check_pair(op, x, n_out, "n_out"));
+    if (n_out) DL_TRY(check_pair(op, x, n_out, "n_out"));
     DL_TRY(check_pair(op, x, a_out, "a_out"));
     if (dl_tensors_overlap(n_out, a_out)) return dl_fail(DL_ERR_ARG, "%s: n_out and a_out share memory", op);
     DL_TRY(group_norm_check_args(op, x, weight, bias, groups, eps));
@@ -63,7 +80,7 @@ dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_t
     for (int64_t task = 0; task < N * groups; task++) {
         const int64_t nn = task / groups, g = task % groups;
         const float *xg = x->data + (nn * C + g * Cg) * S;
-        float *ng = n_out->data + (nn * C + g * Cg) * S, *ag = a_out->data + (nn * C + g * Cg) * S;
+        float *ng = n_out ? n_out->data + (nn * C + g * Cg) * S : NULL, *ag = a_out->data + (nn * C + g * Cg) * S;
         double mean, var;
         norm_shifted_moments(xg, Cg * S, &mean, &var);
         const float rstd = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
@@ -71,12 +88,21 @@ dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_t
             const int64_t ch = g * Cg + c;
             const float s = rstd * (wd ? wd[ch] : 1.0f), b = bd ? bd[ch] : 0.0f;
             const float *xc = xg + c * S;
-            float *nc = ng + c * S, *ac = ag + c * S;
-            #pragma omp simd
-            for (int64_t i = 0; i < S; i++) {
-                const float v = (xc[i] - m) * s + b;
-                nc[i] = v;
-                ac[i] = v / (1.0f + dl_expf_fast(-v));
+            float *ac = ag + c * S;
+            if (ng) {
+                float *nc = ng + c * S;
+                #pragma omp simd
+                for (int64_t i = 0; i < S; i++) {
+                    const float v = (xc[i] - m) * s + b;
+                    nc[i] = v;
+                    ac[i] = v / (1.0f + dl_expf_fast(-v));
+                }
+            } else {
+                #pragma omp simd
+                for (int64_t i = 0; i < S; i++) {
+                    const float v = (xc[i] - m) * s + b;
+                    ac[i] = v / (1.0f + dl_expf_fast(-v));
+                }
             }
         }
     }
@@ -84,12 +110,12 @@ dl_status group_norm_silu_forward(dl_tensor *n_out, dl_tensor *a_out, const dl_t
 }
 
 static dl_status gns_backward(const char *op, dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
-                              const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
+                              const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight, const dl_tensor *bias,
                               int groups, float eps, int set_dx)
 {
-    DL_TRY(check_pair(op, x, n, "n"));
+    if (n) DL_TRY(check_pair(op, x, n, "n"));
     DL_TRY(check_pair(op, x, da, "da"));
-    DL_TRY(group_norm_check_args(op, x, weight, NULL, groups, eps));
+    DL_TRY(group_norm_check_args(op, x, weight, bias, groups, eps));
     if (dx) DL_TRY(dl_check_shape(dx, op, "dx", x->ndim, x->shape));
     if (dweight) DL_TRY(dl_check_shape(dweight, op, "dweight", 1, DL_SHAPE(x->shape[1])));
     if (dbias) DL_TRY(dl_check_shape(dbias, op, "dbias", 1, DL_SHAPE(x->shape[1])));
@@ -101,7 +127,7 @@ static dl_status gns_backward(const char *op, dl_tensor *dx, dl_tensor *dweight,
     if (!dx && !dweight && !dbias) return DL_OK;
 
     const int64_t N = x->shape[0], C = x->shape[1], S = x->numel / (N * C), Cg = C / groups;
-    const float *wd = weight ? weight->data : NULL;
+    const float *wd = weight ? weight->data : NULL, *bd = bias ? bias->data : NULL;
     const int par = x->numel >= 32768 && dl_parallel_ok();
 #ifdef _OPENMP
     const int threads = par ? omp_get_max_threads() : 1;
@@ -124,23 +150,38 @@ static dl_status gns_backward(const char *op, dl_tensor *dx, dl_tensor *dweight,
         float *dng = dn_buf;
 #endif
         const int64_t nn = task / groups, g = task % groups, off = (nn * C + g * Cg) * S;
-        const float *xg = x->data + off, *ngp = n->data + off, *dag = da->data + off;
+        const float *xg = x->data + off, *ngp = n ? n->data + off : NULL, *dag = da->data + off;
         double mean, var;
         norm_shifted_moments(xg, Cg * S, &mean, &var);
         const float rstd = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
         /* pass 1: dn = da * silu'(n), kept; per channel sum(dn), sum(dn * xhat) */
         double mg = 0.0, mgx = 0.0;
         for (int64_t c = 0; c < Cg; c++) {
-            const float *xc = xg + c * S, *nc = ngp + c * S, *dac = dag + c * S;
+            const float *xc = xg + c * S, *dac = dag + c * S;
             float *dnc = dng + c * S;
             float s1 = 0.0f, s2 = 0.0f;
-            #pragma omp simd reduction(+:s1, s2)
-            for (int64_t i = 0; i < S; i++) {
-                const float sg = 1.0f / (1.0f + dl_expf_fast(-nc[i]));
-                const float d = dac[i] * (sg * (1.0f + nc[i] * (1.0f - sg)));
-                dnc[i] = d;
-                s1 += d;
-                s2 += d * ((xc[i] - m) * rstd);
+            if (ngp) {
+                const float *nc = ngp + c * S;
+                #pragma omp simd reduction(+:s1, s2)
+                for (int64_t i = 0; i < S; i++) {
+                    const float sg = 1.0f / (1.0f + dl_expf_fast(-nc[i]));
+                    const float d = dac[i] * (sg * (1.0f + nc[i] * (1.0f - sg)));
+                    dnc[i] = d;
+                    s1 += d;
+                    s2 += d * ((xc[i] - m) * rstd);
+                }
+            } else {
+                /* n again, exactly as the forward computed it */
+                const float sc = rstd * (wd ? wd[g * Cg + c] : 1.0f), bc = bd ? bd[g * Cg + c] : 0.0f;
+                #pragma omp simd reduction(+:s1, s2)
+                for (int64_t i = 0; i < S; i++) {
+                    const float nv = (xc[i] - m) * sc + bc;
+                    const float sg = 1.0f / (1.0f + dl_expf_fast(-nv));
+                    const float d = dac[i] * (sg * (1.0f + nv * (1.0f - sg)));
+                    dnc[i] = d;
+                    s1 += d;
+                    s2 += d * ((xc[i] - m) * rstd);
+                }
             }
             const float w = wd ? wd[g * Cg + c] : 1.0f;
             mg += (double)w * s1;
@@ -180,14 +221,14 @@ static dl_status gns_backward(const char *op, dl_tensor *dx, dl_tensor *dweight,
 
 dl_status group_norm_silu_backward(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                    const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                   int groups, float eps)
+                                   const dl_tensor *bias, int groups, float eps)
 {
-    return gns_backward("group_norm_silu_backward", dx, dweight, dbias, da, x, n, weight, groups, eps, 0);
+    return gns_backward("group_norm_silu_backward", dx, dweight, dbias, da, x, n, weight, bias, groups, eps, 0);
 }
 
 dl_status group_norm_silu_backward_set_dx(dl_tensor *dx, dl_tensor *dweight, dl_tensor *dbias, const dl_tensor *da,
                                           const dl_tensor *x, const dl_tensor *n, const dl_tensor *weight,
-                                          int groups, float eps)
+                                          const dl_tensor *bias, int groups, float eps)
 {
-    return gns_backward("group_norm_silu_backward_set_dx", dx, dweight, dbias, da, x, n, weight, groups, eps, 1);
+    return gns_backward("group_norm_silu_backward_set_dx", dx, dweight, dbias, da, x, n, weight, bias, groups, eps, 1);
 }

@@ -58,7 +58,7 @@ struct toy_unet {
     dl_tensor t_sin, t_h1, t_a1;  /* sinusoids [B, ch0], linear_1, SiLU [B, TE] */
     dl_tensor temb, temb_act;     /* linear_2, SiLU(temb) [B, TE]           */
     dl_tensor ctx;                /* class tokens          [B, 1, X]         */
-    dl_tensor out_n, out_a;       /* conv_norm_out, SiLU   [B, ch0, S, S]    */
+    dl_tensor out_a;              /* silu(conv_norm_out)   [B, ch0, S, S]    */
     const dl_tensor *h_last;      /* input of conv_norm_out (an up block's output) */
     int *ids;                     /* [max_batch] class ids of the last forward */
     size_t max_grad_floats;       /* the largest activation, for the backward ping-pong buffers */
@@ -257,7 +257,6 @@ static dl_status plan(toy_unet *n, toy_planner *p)
     DL_TRY(toy_plan_tensor(p, &n->temb, 2, DL_SHAPE(B, TE)));
     DL_TRY(toy_plan_tensor(p, &n->temb_act, 2, DL_SHAPE(B, TE)));
     DL_TRY(toy_plan_tensor(p, &n->ctx, 3, DL_SHAPE(B, 1, c->cross_attention_dim)));
-    DL_TRY(toy_plan_tensor(p, &n->out_n, 4, DL_SHAPE(B, ch[0], S, S)));
     DL_TRY(toy_plan_tensor(p, &n->out_a, 4, DL_SHAPE(B, ch[0], S, S)));
     track(&mx, &n->h_in);
     n->nskips = 0;
@@ -469,8 +468,8 @@ static dl_status forward_body(toy_unet *n, const dl_tensor *x_in, const float *t
         h = BV(n->up_sample[i].out);
         TRACE(n->up_sample[i].name, h);
     }
-    dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a);      /* head */
-    DL_TRY(group_norm_silu_forward(&out_n, &out_a, &h, &n->norm_out_w->value, &n->norm_out_b->value,
+    dl_tensor out_a = BV(n->out_a);                            /* head */
+    DL_TRY(group_norm_silu_forward(NULL, &out_a, &h, &n->norm_out_w->value, &n->norm_out_b->value,
                                    c->norm_groups, NORM_EPS));
     DL_TRY(conv2d_forward(eps_out, &out_a, &n->conv_out_w->value, &n->conv_out_b->value, 1, 1));
     TRACE("conv_out", *eps_out);
@@ -530,13 +529,13 @@ static dl_status backward_body(toy_unet *n, const dl_tensor *deps, dl_tensor *dx
     size_t mark = dl_arena_mark(scr);
 
     /* head: eps = conv_out(silu(conv_norm_out(h))) */
-    dl_tensor out_n = BV(n->out_n), out_a = BV(n->out_a), h_last = BV(*n->h_last), d_oa;
+    dl_tensor out_a = BV(n->out_a), h_last = BV(*n->h_last), d_oa;
     DL_TRY(toy_scratch_tensor(scr, &d_oa, 4, out_a.shape, 0));
     DL_TRY(conv2d_backward_set_dx(&d_oa, &n->conv_out_w->grad, &n->conv_out_b->grad, deps, &out_a,
                                   &n->conv_out_w->value, 1, 1));
     dl_tensor dh = pp_next(&pp, &h_last), dn;
-    DL_TRY(group_norm_silu_backward_set_dx(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_oa, &h_last, &out_n,
-                                    &n->norm_out_w->value, c->norm_groups, NORM_EPS));
+    DL_TRY(group_norm_silu_backward_set_dx(&dh, &n->norm_out_w->grad, &n->norm_out_b->grad, &d_oa, &h_last, NULL,
+                                           &n->norm_out_w->value, &n->norm_out_b->value, c->norm_groups, NORM_EPS));
     dl_arena_reset(scr, mark);
 
     for (int i = L - 1; i >= 0; i--) {                  /* up path, last block first */

@@ -192,11 +192,9 @@ dl_status toy_resblock_init(toy_resblock *b, dl_param_list *params, dl_rng *rng,
 
 dl_status toy_resblock_plan(toy_resblock *b, toy_planner *a, int B)
 {
-    DL_TRY(plan4(a, &b->n1, B, b->in_ch, b->H, b->W));
     DL_TRY(plan4(a, &b->a1, B, b->in_ch, b->H, b->W));
     DL_TRY(plan4(a, &b->tproj, B, b->out_ch, 1, 1));
     DL_TRY(plan4(a, &b->h, B, b->out_ch, b->H, b->W));
-    DL_TRY(plan4(a, &b->n2, B, b->out_ch, b->H, b->W));
     DL_TRY(plan4(a, &b->a2, B, b->out_ch, b->H, b->W));
     DL_TRY(plan4(a, &b->out, B, b->out_ch, b->H, b->W));
     return DL_OK;
@@ -221,18 +219,19 @@ dl_status toy_resblock_forward(toy_resblock *b, const dl_tensor *x, const dl_ten
                        (long long)b->out.shape[0]);
     b->x = *x; b->x.owns_data = 0;
     b->temb_act = *temb_act; b->temb_act.owns_data = 0;
-    dl_tensor n1 = toy_batch_view(&b->n1, B), a1 = toy_batch_view(&b->a1, B);
+    dl_tensor a1 = toy_batch_view(&b->a1, B);
     dl_tensor tproj = toy_batch_view(&b->tproj, B), h = toy_batch_view(&b->h, B);
-    dl_tensor n2 = toy_batch_view(&b->n2, B), a2 = toy_batch_view(&b->a2, B);
+    dl_tensor a2 = toy_batch_view(&b->a2, B);
     dl_tensor out = toy_batch_view(&b->out, B), tproj2;
     DL_TRY(dl_tensor_reshape(&tproj2, &tproj, 2, DL_SHAPE(B, b->out_ch)));
 
-    DL_TRY(group_norm_silu_forward(&n1, &a1, x, &b->norm1_w->value, &b->norm1_b->value, b->groups, b->eps));
+    /* a1 = silu(norm1(x)); the norm's own output is not kept (backward recomputes it) */
+    DL_TRY(group_norm_silu_forward(NULL, &a1, x, &b->norm1_w->value, &b->norm1_b->value, b->groups, b->eps));
     /* the time embedding shifts every channel: one number per (image, channel) */
     DL_TRY(linear_forward(&tproj2, temb_act, &b->temb_w->value, &b->temb_b->value));  /* [B, out] */
     /* h = conv1(a1) + tproj[:, :, None, None], the add fused into the conv */
     DL_TRY(conv2d_forward_fused(&h, &a1, &b->conv1_w->value, &b->conv1_b->value, &tproj2, NULL, 1, 1));
-    DL_TRY(group_norm_silu_forward(&n2, &a2, &h, &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
+    DL_TRY(group_norm_silu_forward(NULL, &a2, &h, &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
     /* out = conv2(a2) + shortcut(x), the residual add fused into the conv */
     if (!b->short_w) return conv2d_forward_fused(&out, &a2, &b->conv2_w->value, &b->conv2_b->value, NULL, x, 1, 1);
     size_t mark = dl_arena_mark(scratch);
@@ -423,8 +422,8 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
                                         const dl_tensor *dout, dl_arena *scratch)
 {
     const int B = (int)dout->shape[0];
-    dl_tensor n1 = toy_batch_view(&b->n1, B), a1 = toy_batch_view(&b->a1, B);
-    dl_tensor h = toy_batch_view(&b->h, B), n2 = toy_batch_view(&b->n2, B), a2 = toy_batch_view(&b->a2, B);
+    dl_tensor a1 = toy_batch_view(&b->a1, B);
+    dl_tensor h = toy_batch_view(&b->h, B), a2 = toy_batch_view(&b->a2, B);
     /* out = conv2(a2) + shortcut(x): the shortcut path first sets dx */
     if (b->short_w) DL_TRY(conv2d_backward_set_dx(dx, &b->short_w->grad, &b->short_b->grad, dout, &b->x,
                                                   &b->short_w->value, 1, 0));
@@ -432,8 +431,8 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
     GRAD_SET(d_a2, a2);
     DL_TRY(conv2d_backward_set_dx(&d_a2, &b->conv2_w->grad, &b->conv2_b->grad, dout, &a2, &b->conv2_w->value, 1, 1));
     GRAD_SET(d_h, h);                      /* through silu and norm2 in one kernel */
-    DL_TRY(group_norm_silu_backward_set_dx(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_a2, &h, &n2,
-                                           &b->norm2_w->value, b->groups, b->eps));
+    DL_TRY(group_norm_silu_backward_set_dx(&d_h, &b->norm2_w->grad, &b->norm2_b->grad, &d_a2, &h, NULL,
+                                           &b->norm2_w->value, &b->norm2_b->value, b->groups, b->eps));
     /* h = conv1(a1) + tproj[:, :, None, None]: tproj's gradient sums d_h over the pixels */
     dl_tensor d_tproj, d_tproj2;
     DL_TRY(toy_scratch_tensor(scratch, &d_tproj, 4, DL_SHAPE(B, b->out_ch, 1, 1), 1));
@@ -443,8 +442,8 @@ static dl_status resblock_backward_body(toy_resblock *b, dl_tensor *dx, dl_tenso
                            &b->temb_w->value));
     GRAD_SET(d_a1, a1);
     DL_TRY(conv2d_backward_set_dx(&d_a1, &b->conv1_w->grad, &b->conv1_b->grad, &d_h, &a1, &b->conv1_w->value, 1, 1));
-    return group_norm_silu_backward(dx, &b->norm1_w->grad, &b->norm1_b->grad, &d_a1, &b->x, &n1, &b->norm1_w->value,
-                                    b->groups, b->eps);
+    return group_norm_silu_backward(dx, &b->norm1_w->grad, &b->norm1_b->grad, &d_a1, &b->x, NULL, &b->norm1_w->value,
+                                    &b->norm1_b->value, b->groups, b->eps);
 }
 
 dl_status toy_resblock_backward(toy_resblock *b, dl_tensor *dx, dl_tensor *dtemb_act,

@@ -82,9 +82,10 @@ typedef struct {
     /* saved by forward, [max_batch, ...] */
     dl_tensor x;                        /* the input (a view of the caller's tensor) */
     dl_tensor temb_act;                 /* the time input (a view)                   */
-    dl_tensor n1, a1;                   /* norm1(x), silu(n1)          [B, in, H, W]  */
+    dl_tensor a1;                       /* silu(norm1(x))              [B, in, H, W]  */
     dl_tensor tproj;                    /* time_emb_proj(temb_act)     [B, out]       */
-    dl_tensor h, n2, a2;                /* conv1(a1) + tproj, norm2(h), silu(n2)       */
+    dl_tensor h, a2;                    /* conv1(a1) + tproj, silu(norm2(h)); the norms'
+                                         * outputs are recomputed in backward, not kept */
     dl_tensor out;                      /* the block's output          [B, out, H, W] */
 } toy_resblock;
 

@@ -169,7 +169,7 @@ TEST(layer_norm_backward, errors)
 /* ---- GroupNorm + SiLU, fused (norm_silu.c): the same tolerances as
  * group_norm (silu is smooth, its derivative <= 1.1) ---- */
 
-typedef struct { dl_tensor x, w, b, n, a; int groups, affine; } gns_case;
+typedef struct { dl_tensor x, w, b, n, a; int groups, affine, keep_n; } gns_case;
 
 static dl_status gns_forward(gc_op *op)
 {
@@ -184,14 +184,15 @@ static dl_status gns_backward(gc_op *op, int fast, dl_tensor *g[], const dl_tens
     /* n must belong to the unperturbed inputs: recompute it (the check perturbs x, w, b) */
     DL_TRY(group_norm_silu_forward_ref(&c->n, &c->a, &c->x, c->affine ? &c->w : NULL, c->affine ? &c->b : NULL,
                                        c->groups, 1e-5f));
+    /* keep_n 0: the backward recomputes n from x, weight and bias */
     return (fast ? group_norm_silu_backward : group_norm_silu_backward_ref)(
-        g[0], c->affine ? g[1] : NULL, c->affine ? g[2] : NULL, da, &c->x, &c->n, c->affine ? &c->w : NULL,
-        c->groups, 1e-5f);
+        g[0], c->affine ? g[1] : NULL, c->affine ? g[2] : NULL, da, &c->x, c->keep_n ? &c->n : NULL,
+        c->affine ? &c->w : NULL, c->affine ? &c->b : NULL, c->groups, 1e-5f);
 }
 
-static void gns_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int groups, int affine, int mode)
+static void gns_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int groups, int affine, int keep_n, int mode)
 {
-    gns_case c = {.groups = groups, .affine = affine};
+    gns_case c = {.groups = groups, .affine = affine, .keep_n = keep_n};
     const int64_t C = shape[1];
     if (!dl_test_rand_tensor(&c.x, r, ndim, shape) || !dl_test_rand_tensor(&c.n, r, ndim, shape) ||
         !dl_test_rand_tensor(&c.a, r, ndim, shape) || !dl_test_rand_tensor(&c.w, r, 1, DL_SHAPE(C)) ||
@@ -201,8 +202,8 @@ static void gns_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int gr
     gc_op op = {.ninputs = affine ? 3 : 1, .inputs = {&c.x, &c.w, &c.b}, .names = {"dx", "dweight", "dbias"},
                 .out = &c.a, .forward = gns_forward, .backward = gns_backward, .ctx = &c};
     char sh[64];
-    snprintf(op.label, sizeof op.label, "group_norm_silu_backward x %s groups %d%s", dl_shape_str(&c.x, sh, sizeof sh),
-             groups, affine ? "" : " no affine");
+    snprintf(op.label, sizeof op.label, "group_norm_silu_backward x %s groups %d%s%s", dl_shape_str(&c.x, sh, sizeof sh),
+             groups, affine ? "" : " no affine", keep_n ? "" : " (n recomputed)");
     gc_check_op(&op, r, NORM_TOL, mode);
     dl_tensor *all[] = {&c.x, &c.w, &c.b, &c.n, &c.a};
     for (int i = 0; i < 5; i++) dl_tensor_free(all[i]);
@@ -211,11 +212,13 @@ static void gns_case_run(dl_test_rng *r, int ndim, const int64_t shape[], int gr
 TEST(group_norm_silu, gradcheck_and_fast)
 {
     dl_test_rng r = {0x6e5117u};
-    gns_case_run(&r, 4, DL_SHAPE(2, 6, 3, 3), 3, 1, GC_NUMERIC);     // 2 channels per group
-    gns_case_run(&r, 4, DL_SHAPE(1, 3, 7, 1), 1, 1, GC_NUMERIC);     // one group
-    gns_case_run(&r, 3, DL_SHAPE(3, 4, 5), 2, 0, GC_NUMERIC);        // [N, C, L], no affine
-    gns_case_run(&r, 4, DL_SHAPE(5, 16, 32, 32), 8, 1, GC_BIG);      // the toy U-Net's first level (threaded)
-    gns_case_run(&r, 4, DL_SHAPE(3, 12, 7, 9), 4, 0, GC_NO_NUMERIC);
+    for (int keep_n = 1; keep_n >= 0; keep_n--) {
+        gns_case_run(&r, 4, DL_SHAPE(2, 6, 3, 3), 3, 1, keep_n, GC_NUMERIC);     // 2 channels per group
+        gns_case_run(&r, 4, DL_SHAPE(1, 3, 7, 1), 1, 1, keep_n, GC_NUMERIC);     // one group
+        gns_case_run(&r, 3, DL_SHAPE(3, 4, 5), 2, 0, keep_n, GC_NUMERIC);        // [N, C, L], no affine
+        gns_case_run(&r, 4, DL_SHAPE(5, 16, 32, 32), 8, 1, keep_n, GC_BIG);      // the toy U-Net's first level (threaded)
+        gns_case_run(&r, 4, DL_SHAPE(3, 12, 7, 9), 4, 0, keep_n, GC_NO_NUMERIC);
+    }
 }
 
 /* The fused forward equals group_norm then silu; the fused backward equals
@@ -238,15 +241,29 @@ TEST(group_norm_silu, same_as_the_two_kernels)
     CHECK_CLOSE_REL("fused a", &a2, &a1, 1e-6);
     CHECK(silu_backward(&dn, &da, &n1) == DL_OK &&
           group_norm_backward(&dx1, &dw1, &db1, &dn, &x, &w, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
-    CHECK(group_norm_silu_backward(&dx2, &dw2, &db2, &da, &x, &n2, &w, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK(group_norm_silu_backward(&dx2, &dw2, &db2, &da, &x, &n2, &w, &b, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
     CHECK_CLOSE_REL("fused dx", &dx2, &dx1, 1e-5);
     CHECK_CLOSE_REL("fused dweight", &dw2, &dw1, 1e-5);
     CHECK_CLOSE_REL("fused dbias", &db2, &db1, 1e-5);
+    /* without n: the forward writes the same a, the backward recomputes the
+     * same n (the same float operations), so both agree to the bit */
+    dl_tensor_fill(&a1, 7.0f);
+    CHECK(group_norm_silu_forward(NULL, &a1, &x, &w, &b, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK(dl_max_abs_diff(a1.data, a2.data, (size_t)a1.numel) == 0.0, "a without n_out differs");
+    dl_tensor_fill(&dx1, 0.0f); dl_tensor_fill(&dw1, 0.0f); dl_tensor_fill(&db1, 0.0f);
+    dl_tensor_fill(&dx2, 0.0f); dl_tensor_fill(&dw2, 0.0f); dl_tensor_fill(&db2, 0.0f);
+    CHECK(group_norm_silu_backward(&dx1, &dw1, &db1, &da, &x, &n2, &w, &b, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK(group_norm_silu_backward(&dx2, &dw2, &db2, &da, &x, NULL, &w, &b, 8, 1e-5f) == DL_OK, "%s", dl_error_message());
+    CHECK(dl_max_abs_diff(dx1.data, dx2.data, (size_t)dx1.numel) == 0.0 &&
+          dl_max_abs_diff(dw1.data, dw2.data, 32) == 0.0 && dl_max_abs_diff(db1.data, db2.data, 32) == 0.0,
+          "backward with n recomputed differs from backward with the forward's n");
     /* errors name the op and the tensor */
     EXPECT_FAIL(group_norm_silu_forward(&n2, &a2, &x, &w, &b, 7, 1e-5f), DL_ERR_ARG, "group_norm_silu", "7 groups");
     EXPECT_FAIL(group_norm_silu_forward(&n2, &n2, &x, &w, &b, 8, 1e-5f), DL_ERR_ARG, "share memory", "n_out = a_out");
-    EXPECT_FAIL(group_norm_silu_backward(&dx2, NULL, NULL, &da, &x, &dw1, &w, 8, 1e-5f), DL_ERR_SHAPE, "n", "n of the wrong shape");
-    EXPECT_FAIL(group_norm_silu_backward(&x, NULL, NULL, &da, &x, &n2, &w, 8, 1e-5f), DL_ERR_ARG, "overlaps", "dx = x");
+    EXPECT_FAIL(group_norm_silu_backward(&dx2, NULL, NULL, &da, &x, &dw1, &w, &b, 8, 1e-5f), DL_ERR_SHAPE, "n", "n of the wrong shape");
+    EXPECT_FAIL(group_norm_silu_backward(&x, NULL, NULL, &da, &x, &n2, &w, &b, 8, 1e-5f), DL_ERR_ARG, "overlaps", "dx = x");
+    EXPECT_FAIL(group_norm_silu_backward(&dx2, NULL, NULL, &da, &x, NULL, &w, &dw1 /* [32]: fine */, 7, 1e-5f),
+                DL_ERR_ARG, "group_norm_silu_backward", "7 groups");
     dl_tensor *all[] = {&x, &w, &b, &da, &n1, &a1, &n2, &a2, &dn, &dx1, &dx2, &dw1, &dw2, &db1, &db2};
     for (int i = 0; i < 15; i++) dl_tensor_free(all[i]);
 }

@@ -119,9 +119,9 @@ TEST(set_dx, group_norm_silu)
     dl_tensor_copy(&pg_add[0], &pg_set[0]);
     dl_tensor_copy(&pg_add[1], &pg_set[1]);
     dl_tensor_fill(&dx_set, 1e9f);
-    CHECK(group_norm_silu_backward_set_dx(&dx_set, &pg_set[0], &pg_set[1], &da, &x, &n, &wt, 4, 1e-5f) == DL_OK,
+    CHECK(group_norm_silu_backward_set_dx(&dx_set, &pg_set[0], &pg_set[1], &da, &x, NULL, &wt, &b, 4, 1e-5f) == DL_OK,
           "%s", dl_error_message());
-    CHECK(group_norm_silu_backward(&dx_add, &pg_add[0], &pg_add[1], &da, &x, &n, &wt, 4, 1e-5f) == DL_OK, "%s",
+    CHECK(group_norm_silu_backward(&dx_add, &pg_add[0], &pg_add[1], &da, &x, &n, &wt, &b, 4, 1e-5f) == DL_OK, "%s",
           dl_error_message());
     compare("group_norm_silu [3,8,5,6] g4", &dx_set, &dx_add, pg_set, pg_add, 2);
     dl_tensor *all[] = {&x, &n, &a, &wt, &b, &da, &dx_set, &dx_add, &pg_set[0], &pg_set[1], &pg_add[0], &pg_add[1]};
