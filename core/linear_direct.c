@@ -15,9 +15,15 @@
 
 #include "tensor.h"
 
-#define LW 16          /* floats per vector                       */
-#define TR 6           /* rows per tile                           */
-#define TV 4           /* vectors (of LW columns) per tile        */
+#if defined(__AVX512F__)
+#define LW 16          /* floats per vector (one AVX-512 register)               */
+#define TR 6           /* rows per tile: 6 x 4 accumulators of the 32 registers  */
+#define TV 4           /* vectors (of LW columns) per tile                       */
+#else
+#define LW 8           /* AVX2 (or two SSE registers)                            */
+#define TR 4           /* 4 x 2 accumulators + 2 B vectors + 1 broadcast of 16   */
+#define TV 2
+#endif
 #define DW_ROWS 256    /* rows per chunk of the weight gradient   */
 
 typedef float lvf  __attribute__((vector_size(LW * 4)));
@@ -38,7 +44,7 @@ static inline __attribute__((always_inline))
 void tile_rows(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K,
                const float *bias, int add, const int R, const int V)
 {
-    lvf acc[TR][TV];
+    lvf acc[6][4];                    /* R <= TR <= 6, V <= TV <= 4: only R x V used */
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++) {
             if (add) acc[r][v] = lload(C + (size_t)r * ldc + v * LW);
@@ -46,7 +52,7 @@ void tile_rows(float *C, int ldc, const float *A, int lda, const float *B, int l
             else acc[r][v] = (lvf){0};
         }
     for (int k = 0; k < K; k++) {
-        lvf b[TV];
+        lvf b[4];
         for (int v = 0; v < V; v++) b[v] = lload(B + (size_t)k * ldb + v * LW);
         for (int r = 0; r < R; r++) {
             const float a = A[(size_t)r * lda + k];
@@ -117,10 +123,10 @@ void linear_direct_dx(float *dx, const float *dout, const float *w, int rows, in
 static inline __attribute__((always_inline))
 void tile_dw(float *dw, int in, const float *dout, int outf, const float *x, int r0, int r1, const int R, const int V)
 {
-    lvf acc[TR][TV];
+    lvf acc[6][4];                    /* R <= TR <= 6, V <= TV <= 4: only R x V used */
     for (int o = 0; o < R; o++) for (int v = 0; v < V; v++) acc[o][v] = (lvf){0};
     for (int r = r0; r < r1; r++) {
-        lvf b[TV];
+        lvf b[4];
         for (int v = 0; v < V; v++) b[v] = lload(x + (size_t)r * in + v * LW);
         for (int o = 0; o < R; o++) {
             const float a = dout[(size_t)r * outf + o];

@@ -9,7 +9,7 @@
  *     C[r, n] (+)= sum over k of A[r, k] * B[k, n]      (row-major)
  *
  * a tile of 6 rows x up to 4 SIMD vectors of 16 columns lives in 24
- * registers while k runs; each k loads the B vectors once and broadcasts
+ * registers while k runs (AVX2: 4 rows x 2 vectors of 8); each k loads the B vectors once and broadcasts
  * the 6 A values (like conv2d_direct.h, with rows for pixels). Rows are
  * shared out over the threads. The weight gradient,
  *
@@ -21,8 +21,9 @@
 #ifndef DL_LINEAR_DIRECT_H
 #define DL_LINEAR_DIRECT_H
 
-/* Does the direct kernel take a layer of this size? (in, out <= 256 and a
- * multiple of 16 columns where it vectorizes; rows >= 16.) */
+/* Does the direct kernel take a layer of this size? (in, out <= 512, one
+ * of them <= 256, both whole vectors (16 floats, 8 without AVX-512);
+ * rows >= 16.) */
 int linear_direct_applies(int rows, int in, int outf);
 
 /* out [rows, outf] = x [rows, in] W^T + bias (bias may be NULL). */
