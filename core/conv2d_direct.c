@@ -13,9 +13,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "tensor.h"
 
@@ -357,11 +354,7 @@ static void conv_images(float *out, const float *x, int C, const float *wp, cons
     if (N >= 2 * threads) {
         #pragma omp parallel num_threads(threads) if (threads > 1)
         {
-#ifdef _OPENMP
-            float *buf = ws ? ws + (size_t)omp_get_thread_num() * img : NULL;
-#else
-            float *buf = ws;
-#endif
+            float *buf = ws ? ws + (size_t)dl_thread_num() * img : NULL;
             #pragma omp for schedule(static)
             for (int n = 0; n < N; n++) {
                 const float *in_n = x + n * x_img;
@@ -431,11 +424,7 @@ static void dweight_images(float *dw, const float *dout, const float *x, const d
     const size_t x_img = (size_t)c->Cin * c->H * c->W, dout_img = (size_t)c->Cout * g->P;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num();
-#else
-        const int tid = 0;
-#endif
+        const int tid = dl_thread_num();
         float *sums = ws + (size_t)tid * per_thread, *lay = sums + n_sums;
         memset(sums, 0, sizeof(float) * n_sums);
         const int n0 = (int)((long long)c->N * tid / threads), n1 = (int)((long long)c->N * (tid + 1) / threads);
@@ -526,11 +515,7 @@ static void dx_s2(float *dx, const float *dout, const float *wp, const dconv_pla
     const size_t col = (size_t)c->Cin_k * c->g.P;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-#ifdef _OPENMP
-        float *dcol = ws + (size_t)omp_get_thread_num() * col;
-#else
-        float *dcol = ws;
-#endif
+        float *dcol = ws + (size_t)dl_thread_num() * col;
         #pragma omp for schedule(static)
         for (int n = 0; n < c->N; n++) {
             const dconv_adds none = {NULL, NULL, NULL};

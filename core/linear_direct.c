@@ -9,9 +9,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "tensor.h"
 
@@ -28,6 +25,23 @@
 
 typedef float lvf  __attribute__((vector_size(LW * 4)));
 typedef float lvfu __attribute__((vector_size(LW * 4), aligned(4)));
+/* Call T(R_, V_) (a macro defined where this is used) with compile-time
+ * constants equal to R (1..6) and V (1..4): each call is a tile function
+ * inlined for its own R and V, whose accumulators then stay in registers. */
+#define DISPATCH_RV_V(R_, V) \
+    do { if ((V) == 4) T(R_, 4); else if ((V) == 3) T(R_, 3); else if ((V) == 2) T(R_, 2); else T(R_, 1); } while (0)
+#define DISPATCH_RV(R, V)                         \
+    do {                                          \
+        switch (R) {                              \
+        case 6: DISPATCH_RV_V(6, V); break;       \
+        case 5: DISPATCH_RV_V(5, V); break;       \
+        case 4: DISPATCH_RV_V(4, V); break;       \
+        case 3: DISPATCH_RV_V(3, V); break;       \
+        case 2: DISPATCH_RV_V(2, V); break;       \
+        default: DISPATCH_RV_V(1, V); break;      \
+        }                                         \
+    } while (0)
+
 static inline lvf lload(const float *p) { return *(const lvfu *)p; }
 static inline void lstore(float *p, lvf v) { *(lvfu *)p = v; }
 
@@ -76,18 +90,8 @@ static void rows_times_matrix(float *C, const float *A, const float *B, const fl
             const int V = (N - n0) / LW < TV ? (N - n0) / LW : TV;
             float *c = C + (size_t)r0 * N + n0;
             const float *a = A + (size_t)r0 * K, *b = B + n0, *bi = bias ? bias + n0 : NULL;
-            /* constant R and V per call: the accumulators stay in registers */
 #define T(R_, V_) tile_rows(c, N, a, K, b, N, K, bi, add, R_, V_)
-#define TS(R_) do { if (V == 4) T(R_, 4); else if (V == 3) T(R_, 3); else if (V == 2) T(R_, 2); else T(R_, 1); } while (0)
-            switch (R) {
-            case 6: TS(6); break;
-            case 5: TS(5); break;
-            case 4: TS(4); break;
-            case 3: TS(3); break;
-            case 2: TS(2); break;
-            default: TS(1); break;
-            }
-#undef TS
+            DISPATCH_RV(R, V);
 #undef T
         }
     }
@@ -147,11 +151,7 @@ int linear_direct_dw(float *dw, const float *dout, const float *x, int rows, int
     if (!part) return 0;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num();
-#else
-        const int tid = 0;
-#endif
+        const int tid = dl_thread_num();
         const int r0 = (int)((long long)rows * tid / threads), r1 = (int)((long long)rows * (tid + 1) / threads);
         float *mine = part + (size_t)tid * n_w;
         /* rows in chunks of DW_ROWS, so that the chunk's x and dout stay in
@@ -165,16 +165,7 @@ int linear_direct_dw(float *dw, const float *dout, const float *x, int rows, int
                 float *d = mine + (size_t)o0 * in + i0;
                 const float *a = dout + o0, *b = x + i0;
 #define T(R_, V_) tile_dw(d, in, a, outf, b, c0, c1, R_, V_)
-#define TS(R_) do { if (V == 4) T(R_, 4); else if (V == 3) T(R_, 3); else if (V == 2) T(R_, 2); else T(R_, 1); } while (0)
-                switch (R) {
-                case 6: TS(6); break;
-                case 5: TS(5); break;
-                case 4: TS(4); break;
-                case 3: TS(3); break;
-                case 2: TS(2); break;
-                default: TS(1); break;
-                }
-#undef TS
+                DISPATCH_RV(R, V);
 #undef T
             }
         }

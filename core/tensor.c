@@ -205,6 +205,15 @@ void dl_set_threads(int n)
     dl_threads = n;
 }
 
+int dl_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 int dl_get_threads(void)
 {
 #ifdef _OPENMP

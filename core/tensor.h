@@ -99,6 +99,9 @@ static inline void   dl_arena_reset(dl_arena *a, size_t mark) { a->used = mark; 
  * n <= 0 means "all cores". */
 void dl_set_threads(int n);
 int  dl_get_threads(void);
+/* The calling thread's number inside an OpenMP parallel region (0 outside
+ * one, or without OpenMP): the index of its share of a per-thread buffer. */
+int  dl_thread_num(void);
 
 /* May our own loops use OpenMP threads right next to BLAS calls?
  * Yes if OpenBLAS is the OpenMP build (one shared thread pool, which the
