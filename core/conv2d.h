@@ -48,9 +48,10 @@ dl_status conv2d_forward_fused_ref(dl_tensor *out, const dl_tensor *x, const dl_
 dl_status conv2d_forward_fused(dl_tensor *out, const dl_tensor *x, const dl_tensor *weight, const dl_tensor *bias,
                                const dl_tensor *bias_n, const dl_tensor *res, int stride, int padding);
 
-/* Small channel counts (the toy U-Net: 16..128 channels, 3x3, stride 1,
- * padding 1, width a multiple of the SIMD width) take a direct kernel
- * instead of im2col + sgemm, forward and backward: see conv2d_direct.h.
+/* Small channel counts (the toy U-Net: 16..128 channels; 3x3 stride 1
+ * padding 1, 1x1, and 3x3 stride 2 padding 1; planes of whole SIMD
+ * vectors) take a direct kernel instead of im2col + sgemm, forward and
+ * backward: see conv2d_direct.h.
  * conv2d_use_direct(0) turns it off (tests compare both paths; a student can
  * time one against the other). On by default; not thread-safe to toggle
  * while convolutions run. */

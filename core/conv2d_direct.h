@@ -1,4 +1,4 @@
-/* conv2d_direct.h - the direct 3x3 convolution behind conv2d_forward /
+/* conv2d_direct.h - the direct convolutions behind conv2d_forward /
  * conv2d_backward for SMALL channel counts (internal to core/conv2d.c).
  *
  * im2col + sgemm is the right tool when the matrices are big (Stable
@@ -11,16 +11,24 @@
  *     out[n, co, h, w:w+V] = bias[co] + sum over ci, kh, kw of
  *         weight[co, ci, kh, kw] * xpad[n, ci, h+kh, w+kw : w+kw+V]
  *
- * V consecutive output pixels of one row are one SIMD vector (V = 16 with
- * AVX-512, else 8); a tile of 4 vectors x a block of output channels lives
- * in registers while ci, kh, kw run. Backward:
- *   dx = the same kernel on the padded dout with the weights transposed
- *        (ci <-> co) and flipped (kh, kw -> 2-kh, 2-kw): a 3x3 "full"
+ * V consecutive output pixels are one SIMD vector (V = 16 with AVX-512,
+ * else 8); a tile of 4 vectors x a block of output channels lives in
+ * registers while ci, kh, kw run. Each image is laid out just before use,
+ * in a per-thread buffer: with a zero border, or for rows narrower than a
+ * vector (8x8) as three copies shifted by one column, so that a vector may
+ * run over a row end. The same kernel with one tap does 1x1 convs (on x as
+ * it is) and stride-2 3x3 convs (on the image's 9 im2col planes).
+ * Backward:
+ *   dx = the same kernel on dout with the weights transposed (ci <-> co)
+ *        and, for 3x3, flipped (kh, kw -> 2-kh, 2-kw): a 3x3 "full"
  *        correlation is a padded correlation with the flipped kernel;
+ *        stride 2 gives the columns' gradient, added back onto the pixels;
  *   dweight[co, ci, kh, kw] = sum over n, h, w of dout[n, co, h, w] *
- *        xpad[n, ci, h+kh, w+kw]: vector products summed over the image,
- *        one partial per thread, added up at the end.
- * Only 3x3, stride 1, padding 1 with W a multiple of V; conv2d.c decides. */
+ *        xpad[n, ci, h+kh, w+kw]: vector products over chunks of 512
+ *        pixels, running vector sums per thread, lanes and threads added
+ *        at the end.
+ * Which convolutions (3x3 stride 1 pad 1, 1x1, 3x3 stride 2 pad 1; <= 128
+ * channels; whole vectors per plane): conv2d_direct_applies. */
 #ifndef DL_CONV2D_DIRECT_H
 #define DL_CONV2D_DIRECT_H
 
